@@ -1,0 +1,56 @@
+# cg_lightning — `make help` lists the targets.
+PYTHON ?= python
+VENV ?= .venv
+PIP_TORCH ?= torch==2.14.1 torchvision==0.29.1
+PYTEST ?= $(PYTHON) -m pytest
+IMAGE ?= experiments/data/duck/rgba.png
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-gpu test test-full test-gpu lint format demo smoke weights bench clean clean-outputs
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+install: ## Install the project with CPU-capable torch, dev and sweep extras (pip)
+	$(PYTHON) -m pip install $(PIP_TORCH)
+	$(PYTHON) -m pip install -e ".[dev,sweep]"
+
+install-gpu: ## Install on a CUDA box (torch matching your driver first), with the CUDA rasterizers
+	$(PYTHON) -m pip install -e ".[cuda,sweep,dev]"
+	@echo "Optional: pip install git+https://github.com/ashawkey/diff-gaussian-rasterization git+https://github.com/NVlabs/nvdiffrast"
+
+test: ## Fast CPU test suite (what CI runs)
+	$(PYTEST) -m "not slow and not gpu" -q
+
+test-full: ## All CPU tests including slow ones
+	$(PYTEST) -m "not gpu" -q
+
+test-gpu: ## GPU-only tests (CUDA rasterizers vs torch, fp16 prior)
+	$(PYTEST) -m gpu -q
+
+lint: ## Ruff lint
+	$(PYTHON) -m ruff check cg_lightning tests experiments launch.py
+
+format: ## Ruff format + import sorting
+	$(PYTHON) -m ruff check --fix --select I cg_lightning tests experiments launch.py
+	$(PYTHON) -m ruff format cg_lightning tests experiments launch.py
+
+demo: ## Full ContrastiveGaussian run on the bundled example image (GPU + weights recommended)
+	$(PYTHON) launch.py +experiment=full image=$(IMAGE)
+
+smoke: ## Whole pipeline on CPU in about a minute (tiny random prior)
+	$(PYTHON) launch.py +experiment=smoke image=$(IMAGE)
+
+weights: ## Fetch every real weight a GPU user needs (Zero123-XL, Real-ESRGAN, u2net, LPIPS VGG, CLIP)
+	$(PYTHON) -m cg_lightning.weights
+
+bench: ## CPU/GPU benchmarks (rasterizer, mesh extraction, stages)
+	$(PYTHON) experiments/benchmarks/bench_gaussian_raster.py
+	$(PYTHON) experiments/benchmarks/bench_mesh_extract.py
+
+clean: ## Remove caches and build artefacts
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+clean-outputs: ## Remove all run outputs (outputs/)
+	rm -rf outputs multirun

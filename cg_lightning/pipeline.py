@@ -1,0 +1,79 @@
+"""Orchestration only: input -> stage 1 -> mesh -> stage 2 -> export -> evaluate, for one job.
+
+Each step lives in :mod:`cg_lightning.steps`; this module wires them to the job context, the failure guard and
+the loggers. ``run(cfg)`` is what ``launch.py`` calls for every (multirun) job.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cg_lightning.config.validate import validate_config
+from cg_lightning.runtime.task import job_guard
+
+log = logging.getLogger("cg_lightning")
+
+
+def _steps():
+    from cg_lightning.steps.evaluate import run_evaluate
+    from cg_lightning.steps.export import run_export
+    from cg_lightning.steps.gaussian import run_stage1
+    from cg_lightning.steps.mesh import run_mesh
+    from cg_lightning.steps.texture import run_stage2
+
+    return {"stage1": run_stage1, "mesh": run_mesh, "stage2": run_stage2, "export": run_export,
+            "evaluate": run_evaluate}
+
+
+def _record_invocation(cfg: DictConfig, output_dir: Path) -> None:
+    from cg_lightning.utils.atomic import write_text
+
+    write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(output_dir / "cmd.txt", " ".join(shlex.quote(a) for a in sys.argv) + "\n")
+
+
+def run(cfg: DictConfig) -> dict[str, float] | None:
+    """Run one job; returns its metrics (None when the job failed inside a sweep)."""
+    output_dir = Path(cfg.paths.output_dir)
+    result: dict[str, float] | None = None
+    with job_guard(output_dir):
+        validate_config(cfg)
+        _record_invocation(cfg, output_dir)
+        result = _run_steps(cfg, output_dir)
+    return result
+
+
+def _run_steps(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    from lightning.pytorch import seed_everything
+
+    from cg_lightning.runtime.context import JobContext
+    from cg_lightning.runtime.device import resolve_device
+    from cg_lightning.runtime.layout import JobLayout
+    from cg_lightning.runtime.loggers import JobLoggers
+    from cg_lightning.runtime.state import JobState
+    from cg_lightning.steps.evaluate import write_metrics
+    from cg_lightning.steps.inputs import prepare_reference
+
+    seed_everything(int(cfg.seed), workers=True, verbose=False)
+    state = JobState(output_dir)
+    ctx = JobContext(cfg=cfg, layout=JobLayout(output_dir), device=resolve_device(cfg.device),
+                     loggers=JobLoggers(cfg, output_dir), state=state)
+    try:
+        t0 = time.perf_counter()
+        prepare_reference(ctx)
+        if not state.is_done("input"):
+            state.mark_done("input", time.perf_counter() - t0)
+        steps = _steps()
+        for name in cfg.stages:
+            log.info("=== %s ===", name)
+            steps[name](ctx)
+        write_metrics(ctx)
+    finally:
+        ctx.loggers.close()
+    return ctx.metrics

@@ -1,0 +1,1 @@
+"""Run-time plumbing shared by the stages: loggers, trainers, job state, failure isolation."""

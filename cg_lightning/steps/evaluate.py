@@ -1,0 +1,45 @@
+"""Evaluation step: LPIPS (reference view) and CLIP similarity (8 azimuths) of the final mesh, plus timings."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from hydra.utils import instantiate
+
+from cg_lightning.runtime.context import JobContext
+from cg_lightning.utils.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluate(ctx: JobContext) -> None:
+    from cg_lightning.evaluation.metrics import evaluate_gaussians, evaluate_mesh
+    from cg_lightning.mesh.mesh import Mesh
+
+    ev = ctx.cfg.evaluation
+    glb = ctx.find_output("model_glb") or ctx.find_output("coarse_glb")
+    ply = ctx.find_output("gaussians_ply")
+    if glb is not None:
+        mesh = Mesh.load(glb)
+        ctx.record(evaluate_mesh(mesh, ctx.reference_rgba, cfg_eval=ev, device=ctx.device,
+                                 elevation_deg=float(ctx.cfg.elevation)))
+        ctx.record({"eval/scored_mesh": str(glb.relative_to(glb.parents[1]))})  # type: ignore[dict-item]
+    if ply is not None:
+        from cg_lightning.render.gaussian import build_gaussian_rasterizer
+        from cg_lightning.steps.mesh import load_gaussians
+
+        ctx.record(evaluate_gaussians(load_gaussians(ctx), build_gaussian_rasterizer(ctx.cfg.renderer.gaussian),
+                                      ctx.reference_rgba, cfg_eval=ev, device=ctx.device,
+                                      elevation_deg=float(ctx.cfg.elevation)))
+    ctx.state.mark_done("evaluate")
+    log.info("evaluate: %s", {k: v for k, v in ctx.metrics.items() if k.startswith("eval/")})
+
+
+def write_metrics(ctx: JobContext) -> None:
+    """``metrics.json`` (what the table builder reads) and the W&B run summary."""
+    timings = ctx.state.timings
+    ctx.record({f"time/{k}_s": v for k, v in timings.items()})
+    ctx.record({"time/total_s": sum(v for k, v in timings.items() if k in ("input", "stage1", "mesh", "stage2"))})
+    write_text(ctx.layout.metrics, json.dumps(ctx.metrics, indent=2, sort_keys=True))
+    ctx.loggers.log_summary({k: v for k, v in ctx.metrics.items() if isinstance(v, int | float)})
