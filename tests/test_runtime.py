@@ -121,3 +121,12 @@ def test_atomic_checkpoint_io_keeps_previous_checkpoint_on_failure(tmp_path, mon
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

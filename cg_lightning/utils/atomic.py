@@ -15,6 +15,13 @@ from pathlib import Path
 from cg_lightning.errors import OutputError
 
 
+def _default_mode() -> int:
+    """Permissions a plain ``open()`` would give (mkstemp's 0600 would hide outputs from collaborators)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _raise_output_error(path: Path, exc: OSError) -> None:
     if exc.errno == errno.ENOSPC:
         raise OutputError(f"Disk full while writing {path}. Free space or set paths.output_root elsewhere.") from exc
@@ -43,6 +50,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
