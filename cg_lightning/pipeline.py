@@ -52,6 +52,7 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
 def _run_steps(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     from lightning.pytorch import seed_everything
 
+    from cg_lightning.evaluation.memory import PeakMemory
     from cg_lightning.runtime.context import JobContext
     from cg_lightning.runtime.device import resolve_device
     from cg_lightning.runtime.layout import JobLayout
@@ -70,9 +71,15 @@ def _run_steps(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         if not state.is_done("input"):
             state.mark_done("input", time.perf_counter() - t0)
         steps = _steps()
-        for name in cfg.stages:
-            log.info("=== %s ===", name)
-            steps[name](ctx)
+        with PeakMemory(ctx.device) as job_memory:
+            for name in cfg.stages:
+                log.info("=== %s ===", name)
+                finished_before = state.is_done(name)
+                with PeakMemory(ctx.device, stage=name) as stage_memory:
+                    steps[name](ctx)
+                if not finished_before:  # a skipped stage's peak would say nothing about that stage
+                    ctx.record(stage_memory.as_dict())
+        ctx.record(job_memory.as_dict())
         write_metrics(ctx)
     finally:
         ctx.loggers.close()

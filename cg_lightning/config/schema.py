@@ -47,6 +47,7 @@ class RunConfig:
     from_run: Optional[str] = None
     device: str = "auto"
     tags: list[str] = field(default_factory=list)
+    perceptual_pretrained: bool = True
     paths: PathsConfig = field(default_factory=PathsConfig)
     renderer: RendererConfig = field(default_factory=RendererConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)

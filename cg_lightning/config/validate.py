@@ -67,6 +67,15 @@ def check_targets(node: Any, path: str = "") -> None:
 
 
 def check_top_level(cfg: DictConfig) -> None:
+    from dataclasses import fields
+
+    from cg_lightning.config.schema import RunConfig
+
+    known = {f.name for f in fields(RunConfig)} | {"hydra"}
+    for key in cfg.keys():
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise ConfigError(f"Unknown top-level config key {key!r}." + (f" Did you mean {hint[0]!r}?" if hint else ""))
     bad = [s for s in cfg.stages if s not in ALL_STAGES]
     if bad:
         raise ConfigError(f"stages: unknown stage(s) {bad}; choose from {list(ALL_STAGES)}")

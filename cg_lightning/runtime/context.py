@@ -19,6 +19,15 @@ from cg_lightning.runtime.state import JobState
 log = logging.getLogger(__name__)
 
 
+def with_runtime_objects(node: DictConfig, **objects: Any) -> Any:
+    """Instantiate a stage config with live objects (reference image, prior, mesh, renderer).
+
+    The objects are passed to the constructor directly, not through Hydra: Hydra would turn dataclass instances
+    (ReferenceImage, Mesh) into configs. Nested ``_target_`` nodes are left for the stage to build.
+    """
+    return instantiate(node, _partial_=True, _recursive_=False)(**objects)
+
+
 @dataclass
 class JobContext:
     cfg: DictConfig
@@ -48,17 +57,13 @@ class JobContext:
         return None
 
     def prior(self):
-        """The diffusion prior, built once per job and shared by both stages (it never enters a checkpoint)."""
-        if self._prior is None:
-            from cg_lightning.data.reference import ReferenceImage
+        """The diffusion prior, built once per job and shared by both stages.
 
-            if self.reference_rgba is None:
-                raise RuntimeError("the input step must run before the prior is built")
-            prior = instantiate(self.cfg.prior)
-            prior.setup(self.device)
-            ref = ReferenceImage.from_rgba(self.reference_rgba, elevation=float(self.cfg.elevation))
-            prior.set_reference(ref.rgb(prior.resolution).to(self.device), float(self.cfg.elevation))
-            self._prior = prior
+        The stages call ``setup(device)`` (idempotent, loads weights lazily) and ``set_reference``; the prior is never
+        a module attribute, so it never enters a checkpoint.
+        """
+        if self._prior is None:
+            self._prior = instantiate(self.cfg.prior)
         return self._prior
 
     def record(self, metrics: dict[str, float]) -> None:

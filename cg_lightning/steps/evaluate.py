@@ -13,16 +13,28 @@ from cg_lightning.utils.atomic import write_text
 log = logging.getLogger(__name__)
 
 
+def scoring_reference(ctx: JobContext):
+    """The image every variant is scored against: the preprocessed input *before* super-resolution.
+
+    Scoring against the super-resolved image would hand the SR variants a different target than the baselines.
+    """
+    from cg_lightning.steps.inputs import read_png
+
+    path = ctx.find_output("preprocessed")
+    return read_png(path) if path is not None else ctx.reference_rgba
+
+
 def run_evaluate(ctx: JobContext) -> None:
-    from cg_lightning.evaluation.metrics import evaluate_gaussians, evaluate_mesh
+    from cg_lightning.evaluation.metrics import evaluate_gaussians, evaluate_mesh, release_eval_models
     from cg_lightning.mesh.mesh import Mesh
 
     ev = ctx.cfg.evaluation
+    reference = scoring_reference(ctx)
     glb = ctx.find_output("model_glb") or ctx.find_output("coarse_glb")
     ply = ctx.find_output("gaussians_ply")
     if glb is not None:
         mesh = Mesh.load(glb)
-        ctx.record(evaluate_mesh(mesh, ctx.reference_rgba, cfg_eval=ev, device=ctx.device,
+        ctx.record(evaluate_mesh(mesh, reference, cfg_eval=ev, device=ctx.device,
                                  elevation_deg=float(ctx.cfg.elevation)))
         ctx.record({"eval/scored_mesh": str(glb.relative_to(glb.parents[1]))})  # type: ignore[dict-item]
     if ply is not None:
@@ -30,8 +42,9 @@ def run_evaluate(ctx: JobContext) -> None:
         from cg_lightning.steps.mesh import load_gaussians
 
         ctx.record(evaluate_gaussians(load_gaussians(ctx), build_gaussian_rasterizer(ctx.cfg.renderer.gaussian),
-                                      ctx.reference_rgba, cfg_eval=ev, device=ctx.device,
+                                      reference, cfg_eval=ev, device=ctx.device,
                                       elevation_deg=float(ctx.cfg.elevation)))
+    release_eval_models()  # CLIP ViT-bigG must not stay in GPU memory for the next job of a sweep
     ctx.state.mark_done("evaluate")
     log.info("evaluate: %s", {k: v for k, v in ctx.metrics.items() if k.startswith("eval/")})
 

@@ -7,7 +7,7 @@ import time
 
 from hydra.utils import instantiate
 
-from cg_lightning.runtime.context import JobContext
+from cg_lightning.runtime.context import JobContext, with_runtime_objects
 from cg_lightning.runtime.trainer import build_trainer, fit_resumable
 
 log = logging.getLogger(__name__)
@@ -20,8 +20,8 @@ def build_gaussian_stage(ctx: JobContext):
     reference = ReferenceImage.from_rgba(ctx.reference_rgba, elevation=float(ctx.cfg.elevation))
     rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian)
     losses = instantiate(ctx.cfg.loss)
-    return instantiate(ctx.cfg.stage1, reference=reference, prior=ctx.prior(), rasterizer=rasterizer,
-                       losses=losses, _recursive_=False)
+    return with_runtime_objects(ctx.cfg.stage1, reference=reference, prior=ctx.prior(), rasterizer=rasterizer,
+                                losses=losses)
 
 
 def run_stage1(ctx: JobContext) -> None:

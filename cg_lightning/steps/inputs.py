@@ -20,7 +20,7 @@ def _save_png(path, rgba: np.ndarray) -> None:
         Image.fromarray(rgba, mode="RGBA").save(tmp, format="PNG")
 
 
-def _read_png(path) -> np.ndarray:
+def read_png(path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGBA")).copy()
 
@@ -29,7 +29,7 @@ def prepare_reference(ctx: JobContext) -> np.ndarray:
     """The RGBA reference image (H,W,4 uint8) both stages fit, computed once per job."""
     cached = ctx.find_output("reference")
     if cached is not None:
-        ctx.reference_rgba = _read_png(cached)
+        ctx.reference_rgba = read_png(cached)
         return ctx.reference_rgba
     from cg_lightning.preprocess.image_io import load_image
 

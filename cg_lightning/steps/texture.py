@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from hydra.utils import instantiate
-
 from cg_lightning.errors import CGError
-from cg_lightning.runtime.context import JobContext
+from cg_lightning.runtime.context import JobContext, with_runtime_objects
 from cg_lightning.runtime.trainer import build_trainer, fit_resumable
 
 log = logging.getLogger(__name__)
@@ -28,8 +26,8 @@ def run_stage2(ctx: JobContext) -> None:
         raise CGError(f"stage2: no coarse mesh at {ctx.layout.coarse_glb}; run the mesh stage first")
     t0 = time.perf_counter()
     reference = ReferenceImage.from_rgba(ctx.reference_rgba, elevation=float(ctx.cfg.elevation))
-    stage = instantiate(ctx.cfg.stage2, mesh=Mesh.load(coarse), reference=reference, prior=ctx.prior(),
-                        rasterizer=build_mesh_rasterizer(ctx.cfg.renderer.mesh), _recursive_=False)
+    stage = with_runtime_objects(ctx.cfg.stage2, mesh=Mesh.load(coarse), reference=reference, prior=ctx.prior(),
+                                 rasterizer=build_mesh_rasterizer(ctx.cfg.renderer.mesh))
     trainer = build_trainer(ctx.cfg, stage="stage2", max_steps=stage.steps, output_dir=ctx.output_dir,
                             device=ctx.device, loggers=ctx.loggers.for_stage("stage2"))
     fit_resumable(trainer, stage, output_dir=ctx.output_dir, stage="stage2", resume=ctx.cfg.resume)
