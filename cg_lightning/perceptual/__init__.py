@@ -1,0 +1,1 @@
+"""Perceptual networks: LPIPS (training split + metric) and CLIP image embeddings (evaluation)."""

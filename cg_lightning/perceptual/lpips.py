@@ -1,0 +1,85 @@
+"""LPIPS (the official ``lpips`` package, VGG backbone by default) with the input convention made explicit.
+
+The network expects images in [-1, 1]. ``normalize=True`` maps our [0, 1] images there (the correct use).
+``normalize=False`` passes them *unchanged*, i.e. [0, 1] images into a [-1, 1] network - exactly what
+ContrastiveGaussian does (``lpips.LPIPS(net='vgg')(render, ref)`` on [0, 1] tensors); its 0.3 positive/negative
+threshold is calibrated under that quirk, so the CG-faithful configs keep ``normalize: false``.
+
+The backbone needs torchvision's ImageNet weights in ``$TORCH_HOME/hub/checkpoints`` (``make weights``); the small
+linear heads ship with the package. ``pretrained=False`` (``pnet_rand``) gives a random backbone for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from cg_lightning.errors import ConfigError, MissingWeightsError
+
+_BACKBONE_FILES = {
+    "vgg": "vgg16-397923af.pth",
+    "alex": "alexnet-owt-7be5be79.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+
+def _backbone_checkpoint(net: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / _BACKBONE_FILES[net]
+
+
+class LPIPS(nn.Module):
+    """Learned perceptual distance; ``forward(x, y) -> (B,)``, ``features(x) -> list`` of unit-normalised maps.
+
+    Args:
+        net: ``vgg`` (CG and the paper), ``alex`` or ``squeeze``.
+        normalize: True maps [0,1] inputs to [-1,1]; False feeds them as they are (CG's quirk, see module doc).
+        pretrained: False builds a random backbone (tests; scores are then meaningless but differentiable).
+        allow_download: let torchvision download the backbone when it is missing.
+    """
+
+    def __init__(self, net: str = "vgg", normalize: bool = False, pretrained: bool = True,
+                 allow_download: bool = True) -> None:
+        super().__init__()
+        if net not in _BACKBONE_FILES:
+            raise ConfigError(f"lpips net must be one of {sorted(_BACKBONE_FILES)}, got {net!r}")
+        import lpips
+
+        self.net_name, self.normalize, self.pretrained = net, bool(normalize), bool(pretrained)
+        ckpt = _backbone_checkpoint(net)
+        how = (f"run `make weights` (python -m cg_lightning.weights --only lpips_{net})"
+               if net == "vgg" else f"download {_BACKBONE_FILES[net]} from download.pytorch.org/models into it")
+        if pretrained and not ckpt.exists() and not allow_download:
+            raise MissingWeightsError(f"LPIPS-{net} backbone ({ckpt.name})", [str(ckpt.parent)], how)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)     # torchvision's `pretrained=` deprecation
+                self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - URLError / HTTPError / hash mismatch while downloading
+            raise MissingWeightsError(f"LPIPS-{net} backbone ({ckpt.name}; {type(exc).__name__}: {exc})",
+                                      [str(ckpt.parent) + f" (TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')})"],
+                                      how) from exc
+        self.model.eval().requires_grad_(False)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"LPIPS expects (B,3,H,W) or (3,H,W) images, got {tuple(x.shape)}")
+        return x * 2.0 - 1.0 if self.normalize else x
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """Distance per pair, (B,); differentiable w.r.t. both inputs."""
+        return self.model(self._prepare(x), self._prepare(y)).flatten()
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Per-layer backbone activations, unit-normalised over channels (what LPIPS compares), one per layer."""
+        import lpips
+
+        inp = self.model.scaling_layer(self._prepare(x))
+        return [lpips.normalize_tensor(f) for f in self.model.net.forward(inp)]
