@@ -1,0 +1,1 @@
+"""Renderers: ``render.gaussian`` (splatting backends), ``render.mesh`` (triangle rasterization backends)."""
