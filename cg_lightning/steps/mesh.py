@@ -40,7 +40,8 @@ def extract_textured_mesh(ctx: JobContext):
                        opacity_threshold=m.opacity_threshold, iso=m.iso)
     v, f = clean_mesh(raw.v.cpu().numpy(), raw.f.cpu().numpy(), remesh=m.remesh, remesh_size=m.remesh_size,
                       max_faces=m.max_faces)
-    mesh = unwrap_uv(Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.long)))
+    mesh = unwrap_uv(Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.long)),
+                     texture_size=m.texture_size, padding=m.uv_padding)
     gaussian_rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian)
     white = torch.ones(3, device=ctx.device)
 
@@ -49,7 +50,9 @@ def extract_textured_mesh(ctx: JobContext):
         return gaussian_rasterizer.render(gaussians, camera.to(ctx.device), white).image
 
     return bake_texture(mesh.to(ctx.device), render_rgb, build_mesh_rasterizer(ctx.cfg.renderer.mesh),
-                        texture_size=m.texture_size, render_size=m.bake_render_size)
+                        texture_size=m.texture_size, render_size=m.bake_render_size,
+                        view_cos_threshold=m.view_cos_threshold, inpaint_dilation=m.inpaint_dilation,
+                        blend=m.bake_blend)
 
 
 def run_mesh(ctx: JobContext) -> None:

@@ -1,0 +1,201 @@
+"""Density grid and marching cubes against analytic Gaussian configurations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cg_lightning.errors import CGError, ConfigError
+from cg_lightning.mesh.extract import (
+    MIN_STD_VOXELS,
+    NoSurfaceError,
+    covariances_from_scales_rotations,
+    density_grid,
+    density_grid_from_tensors,
+    extract_mesh,
+    extract_mesh_from_tensors,
+    marching_cubes,
+)
+
+CENTRE = torch.tensor([0.3, -0.2, 0.1])
+SIGMAS = torch.tensor([0.25, 0.15, 0.10])  # distinct per axis: catches any x/y/z mix-up
+K, OPACITY = 4, 0.8  # K coincident Gaussians: peak density K*o = 3.2 > iso 1
+ANCHOR = 0.8  # faint tiny Gaussians at CENTRE +- ANCHOR fix the normalisation (extent 1.6 on every axis)
+
+
+def blob(anchor_opacity: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anisotropic off-centre blob whose iso-1 surface is the ellipsoid with semi-axes SIGMAS*sqrt(2 ln(K o))."""
+    corners = torch.tensor([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=torch.float32)
+    means = torch.cat([CENTRE.expand(K, 3), CENTRE + ANCHOR * corners])
+    cov = torch.cat([torch.diag(SIGMAS**2).expand(K, 3, 3), (0.01**2 * torch.eye(3)).expand(8, 3, 3)])
+    opac = torch.cat([torch.full((K,), OPACITY), torch.full((8,), anchor_opacity)])
+    return means, cov, opac
+
+
+def semi_axes(iso: float = 1.0) -> torch.Tensor:
+    return SIGMAS * math.sqrt(2 * math.log(K * OPACITY / iso))
+
+
+def bruteforce_grid(means, cov, opac, resolution, num_blocks, threshold=0.005, margin_blocks=1.5) -> torch.Tensor:
+    """float64 reference with the same normalisation, covariance floor and block culling."""
+    keep = opac > threshold
+    means, cov, opac = means[keep].double(), cov[keep].double(), opac[keep].double()
+    lo, hi = means.min(0).values, means.max(0).values
+    centre, scale = (lo + hi) / 2, 1.8 / float((hi - lo).max())
+    mu = (means - centre) * scale
+    voxel = 2.0 / (resolution - 1)
+    a = torch.linalg.inv(cov * scale**2 + (MIN_STD_VOXELS * voxel) ** 2 * torch.eye(3, dtype=torch.float64))
+    xs = torch.linspace(-1, 1, resolution, dtype=torch.float64)
+    idx = torch.stack(torch.meshgrid(*(torch.arange(resolution),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    p = xs[idx]
+    per = resolution // num_blocks
+    blk = idx // per
+    blo, bhi = xs[blk * per], xs[blk * per + per - 1]
+    margin = margin_blocks * 2.0 / num_blocks
+    inside = ((mu[None] >= blo[:, None] - margin) & (mu[None] <= bhi[:, None] + margin)).all(-1)
+    d = p[:, None, :] - mu[None]
+    q = torch.einsum("pgi,gij,pgj->pg", d, a, d)
+    dens = (torch.exp(-0.5 * q) * opac * inside).sum(1)
+    return dens.reshape(resolution, resolution, resolution)
+
+
+def test_density_matches_float64_reference_with_culling():
+    g = torch.Generator().manual_seed(0)
+    n = 150
+    means = torch.rand(n, 3, generator=g) * 2 - 1
+    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.01), math.log(0.2), generator=g))
+    scales[0, 2] = 0.0  # a degenerate (flat) Gaussian must not blow up
+    rot = torch.randn(n, 4, generator=g)
+    opac = torch.rand(n, generator=g)
+    cov = covariances_from_scales_rotations(scales, rot)
+    grid, centre, scale = density_grid_from_tensors(means, cov, opac, resolution=20, num_blocks=4)
+    ref = bruteforce_grid(means, cov, opac, 20, 4)
+    assert grid.shape == (20, 20, 20) and grid.dtype == torch.float32
+    assert torch.isfinite(grid).all()
+    assert float(ref.max()) > 1.0  # the comparison covers dense regions
+    torch.testing.assert_close(grid.double(), ref, atol=2e-4, rtol=1e-4)
+    keep = opac > 0.005
+    lo, hi = means[keep].min(0).values, means[keep].max(0).values
+    torch.testing.assert_close(centre, (lo + hi) / 2)
+    assert scale == pytest.approx(1.8 / float((hi - lo).max()), rel=1e-6)
+
+
+def test_culling_drops_only_far_gaussians():
+    """With Gaussians small against the culling margin the blocked grid equals the full (unculled) sum."""
+    means, cov, opac = blob()
+    cov = cov * 0.05  # sigma <= 0.056 world = 0.063 normalised << margin 0.375
+    grid, _, _ = density_grid_from_tensors(means, cov, opac, resolution=32, num_blocks=8)
+    full = bruteforce_grid(means, cov, opac, 32, 8, margin_blocks=100.0)
+    torch.testing.assert_close(grid.double(), full, atol=1e-5, rtol=1e-4)
+
+
+def test_opacity_filter_excludes_gaussians_from_normalisation():
+    means, cov, opac = blob(anchor_opacity=0.004)  # anchors below the 0.005 threshold
+    _, centre, scale = density_grid_from_tensors(means, cov, opac, resolution=16, num_blocks=4)
+    # only the coincident blob is left: degenerate extent -> 3-sigma box of the blob
+    torch.testing.assert_close(centre, CENTRE, atol=1e-6, rtol=0)
+    assert scale == pytest.approx(1.8 / float(6 * SIGMAS.max()), rel=1e-5)
+
+
+def test_ellipsoid_recovered_in_world_coordinates():
+    means, cov, opac = blob()
+    grid, centre, scale = density_grid_from_tensors(means, cov, opac, resolution=64, num_blocks=4)
+    assert scale == pytest.approx(1.8 / (2 * ANCHOR), rel=1e-6)
+    v, f = marching_cubes(grid, centre, scale, iso=1.0)
+    axes = semi_axes()
+    vt = torch.from_numpy(v)
+    torch.testing.assert_close(vt.min(0).values, CENTRE - axes, atol=6e-3, rtol=0)
+    torch.testing.assert_close(vt.max(0).values, CENTRE + axes, atol=6e-3, rtol=0)
+    # every vertex on the analytic ellipsoid
+    r = (((vt - CENTRE) / axes) ** 2).sum(1).sqrt()
+    assert float((r - 1).abs().max()) < 0.02
+
+    import trimesh
+
+    tm = trimesh.Trimesh(v, f, process=False)
+    assert tm.is_watertight
+    expected = 4 / 3 * math.pi * float(axes.prod())
+    assert tm.volume > 0  # outward-facing triangles
+    assert tm.volume == pytest.approx(expected, rel=0.03)
+
+
+def test_surface_closed_where_density_touches_grid_boundary():
+    """Padding closes the surface even when the density exceeds iso on the boundary of [-1,1]^3."""
+    means = torch.zeros(3, 3)
+    means[1, 0], means[2, 0] = -0.5, 0.5
+    cov = (0.4**2 * torch.eye(3)).expand(3, 3, 3).clone()
+    grid, centre, scale = density_grid_from_tensors(means, cov, torch.full((3,), 0.9), resolution=16, num_blocks=2)
+    assert float(grid[0].max()) > 1.0
+    v, f = marching_cubes(grid, centre, scale, iso=1.0)
+    import trimesh
+
+    assert trimesh.Trimesh(v, f, process=False).is_watertight
+
+
+def test_no_surface_errors_are_clear():
+    means, cov, opac = blob()
+    with pytest.raises(NoSurfaceError, match="opacity"):
+        density_grid_from_tensors(means, cov, torch.full_like(opac, 0.001), resolution=16, num_blocks=4)
+    with pytest.raises(NoSurfaceError, match=r"no surface found at iso 5.*lower mesh.iso"):
+        extract_mesh_from_tensors(means, cov, opac, resolution=16, num_blocks=4, iso=5.0)
+    assert issubclass(NoSurfaceError, CGError)
+    with pytest.raises(ConfigError, match="divisible"):
+        density_grid_from_tensors(means, cov, opac, resolution=30, num_blocks=4)
+
+
+def test_lower_iso_gives_larger_surface():
+    means, cov, opac = blob()
+    sizes = []
+    for iso in (2.0, 1.0, 0.5):
+        v, _ = extract_mesh_from_tensors(means, cov, opac, resolution=32, num_blocks=4, iso=iso)
+        sizes.append(float(v[:, 0].max() - v[:, 0].min()))
+        assert sizes[-1] == pytest.approx(2 * float(semi_axes(iso)[0]), abs=0.05)  # voxel = 0.057
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_gaussian_model_wrapper_and_mesh():
+    from cg_lightning.gaussians.model import GaussianModel, inverse_sigmoid
+
+    g = torch.Generator().manual_seed(1)
+    n = 60
+    xyz = torch.randn(n, 3, generator=g) * 0.2
+    scaling = torch.log(torch.rand(n, 3, generator=g) * 0.1 + 0.05)
+    rotation = torch.randn(n, 4, generator=g)
+    opacity = inverse_sigmoid(torch.rand(n, 1, generator=g) * 0.8 + 0.1)
+    model = GaussianModel(xyz, torch.zeros(n, 1, 3), torch.zeros(n, 0, 3), opacity, scaling, rotation)
+    grid, centre, scale = density_grid(model, resolution=32, num_blocks=4)
+    cov = covariances_from_scales_rotations(scaling.exp(), rotation)
+    ref, ref_c, ref_s = density_grid_from_tensors(xyz, cov, torch.sigmoid(opacity), resolution=32, num_blocks=4)
+    torch.testing.assert_close(grid, ref, atol=1e-5, rtol=1e-4)
+    assert scale == pytest.approx(ref_s)
+
+    mesh = extract_mesh(model, resolution=32, num_blocks=4, iso=1.0)
+    assert mesh.num_faces > 100 and mesh.vn is not None
+    torch.testing.assert_close(mesh.vn.norm(dim=1), torch.ones(mesh.num_vertices), atol=1e-4, rtol=0)
+    # the surface encloses the dense core of the Gaussians
+    assert bool((mesh.v.min(0).values < xyz.median(0).values).all())
+    assert bool((mesh.v.max(0).values > xyz.median(0).values).all())
+
+
+def test_extract_with_cleanup_keeps_ellipsoid():
+    means, cov, opac = blob()
+    v, f = extract_mesh_from_tensors(means, cov, opac, resolution=48, num_blocks=4, clean=True, remesh_size=0.03)
+    axes = semi_axes()
+    r = (((torch.from_numpy(v) - CENTRE) / axes) ** 2).sum(1).sqrt()
+    assert float((r - 1).abs().max()) < 0.05
+    assert f.dtype == np.int64 and v.dtype == np.float32
+
+
+@pytest.mark.gpu
+def test_density_grid_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    means, cov, opac = blob()
+    cpu, c_cpu, s_cpu = density_grid_from_tensors(means, cov, opac, resolution=64, num_blocks=8)
+    gpu, c_gpu, s_gpu = density_grid_from_tensors(means.cuda(), cov.cuda(), opac.cuda(), resolution=64, num_blocks=8)
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+    assert s_gpu == pytest.approx(s_cpu)
