@@ -14,6 +14,7 @@ help: ## Show this help
 install: ## Install the project with CPU-capable torch, dev and sweep extras (pip)
 	$(PYTHON) -m pip install $(PIP_TORCH)
 	$(PYTHON) -m pip install -e ".[dev,sweep]"
+	$(PYTHON) -c "import rembg"   # first import JIT-compiles pymatting with numba (~30 s, cached afterwards)
 
 install-gpu: ## Install on a CUDA box (torch matching your driver first), with the CUDA rasterizers
 	$(PYTHON) -m pip install -e ".[cuda,sweep,dev]"

@@ -15,7 +15,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cg_lightning.config.validate import validate_config
+from cg_lightning.errors import CGError, MissingWeightsError, WrongWeightsError
 from cg_lightning.runtime.task import job_guard
+
+WEIGHTS_HINT = ("`make weights` (or `python -m cg_lightning.weights`) fetches every default model into the cache; "
+                "a local path must hold the same files (see README, Weights)")
 
 log = logging.getLogger("cg_lightning")
 
@@ -45,8 +49,20 @@ def run(cfg: DictConfig) -> dict[str, float] | None:
     with job_guard(output_dir):
         validate_config(cfg)
         _record_invocation(cfg, output_dir)
-        result = _run_steps(cfg, output_dir)
+        try:
+            result = _run_steps(cfg, output_dir)
+        except (MissingWeightsError, WrongWeightsError) as exc:
+            if "make weights" in str(exc):
+                raise
+            raise with_weights_hint(exc) from exc
     return result
+
+
+def with_weights_hint(exc: MissingWeightsError | WrongWeightsError) -> CGError:
+    """The same error, also saying how to get the expected weights (every weights error must name the fix)."""
+    if isinstance(exc, MissingWeightsError):
+        return MissingWeightsError(exc.what, exc.looked_in, f"{exc.how_to_get}. {WEIGHTS_HINT}")
+    return WrongWeightsError(f"{exc}\nExpected weights: {WEIGHTS_HINT}.")
 
 
 def _run_steps(cfg: DictConfig, output_dir: Path) -> dict[str, float]:

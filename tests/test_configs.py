@@ -30,7 +30,7 @@ def test_expected_experiments_exist():
 def test_every_experiment_composes_and_validates(compose, example_image, experiment):
     cfg = compose([f"+experiment={experiment}", f"image={example_image}"])
     assert cfg.experiment_name == experiment
-    OmegaConf.resolve(cfg)  # every interpolation resolves
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     validate_config(cfg)    # every _target_ matches its constructor
 
 
@@ -48,11 +48,26 @@ def test_result_changing_overrides_get_their_own_subdir(compose, example_image):
     assert Path(cfg.hydra.run.dir).name == "seed0"
 
 
-def test_unknown_top_level_key_fails_at_compose(compose, example_image):
+def test_typo_in_an_experiment_file_fails_at_compose(compose, example_image, tmp_path):
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException):
-        compose(["+experiment=full", f"image={example_image}", "+imagee=typo.png"])
+    user_conf = tmp_path / "user_conf" / "experiment"
+    user_conf.mkdir(parents=True)
+    (user_conf / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - full\nseeed: 3\n")
+    overrides = [f"hydra.searchpath=[file://{user_conf.parent}]", f"image={example_image}"]
+    assert compose([*overrides, "+experiment=full"]).experiment_name == "full"  # the search path itself works
+    with pytest.raises(ConfigCompositionException, match="seeed"):
+        compose([*overrides, "+experiment=mine"])
+
+
+def test_unknown_top_level_key_fails(compose, example_image):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="imagee"):
+        compose(["+experiment=full", f"image={example_image}", "imagee=typo.png"])
+    cfg = compose(["+experiment=full", f"image={example_image}", "+imagee=typo.png"])  # forced add
+    with pytest.raises(ConfigError, match="imagee"):
+        validate_config(cfg)
 
 
 def test_misspelled_override_fails_at_compose(compose, example_image):
@@ -88,7 +103,7 @@ def test_cfg_job_prints_the_composed_config(example_image):
 def test_defaults_tree_and_help_work():
     res = launch("+experiment=full", "image=x.png", "--info", "defaults-tree")
     assert res.returncode == 0, res.stderr
-    assert "experiment/full" in res.stdout
+    assert "experiment: full" in res.stdout
     res = launch("--help")
     assert res.returncode == 0 and "experiment" in res.stdout
 

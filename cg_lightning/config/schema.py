@@ -44,7 +44,7 @@ class RunConfig:
     experiment_name: str = "custom"
     stages: list[str] = field(default_factory=lambda: list(ALL_STAGES))
     resume: str = "auto"
-    from_run: Optional[str] = None
+    from_run: Optional[str] = None  # noqa: UP045 - OmegaConf 2.3 does not understand `str | None`
     device: str = "auto"
     tags: list[str] = field(default_factory=list)
     perceptual_pretrained: bool = True

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 
-from hydra.utils import instantiate
-
 from cg_lightning.runtime.context import JobContext
 from cg_lightning.utils.atomic import write_text
 
