@@ -6,6 +6,7 @@ the loggers. ``run(cfg)`` is what ``launch.py`` calls for every (multirun) job.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import sys
@@ -79,7 +80,12 @@ def _run_steps(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
 
     seed_everything(int(cfg.seed), workers=True, verbose=False)
     state = JobState(output_dir)
-    ctx = JobContext(cfg=cfg, layout=JobLayout(output_dir), device=resolve_device(cfg.device),
+    layout = JobLayout(output_dir)
+    if layout.metrics.is_file() and all(state.is_done(s) for s in ("input", *cfg.stages)):
+        # a re-run sweep skips finished jobs entirely (no W&B run is reopened, nothing is rewritten)
+        log.info("job already finished (%s); delete state.json to redo it", layout.metrics)
+        return json.loads(layout.metrics.read_text())
+    ctx = JobContext(cfg=cfg, layout=layout, device=resolve_device(cfg.device),
                      loggers=JobLoggers(cfg, output_dir), state=state)
     try:
         t0 = time.perf_counter()
