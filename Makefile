@@ -3,7 +3,7 @@ PYTHON ?= python
 VENV ?= .venv
 PIP_TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST ?= $(PYTHON) -m pytest
-IMAGE ?= experiments/data/box/rgba.png
+IMAGE ?= experiments/data/box/box_rgba.png
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-gpu test test-full test-gpu lint format demo smoke weights bench clean clean-outputs

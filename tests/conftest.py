@@ -60,7 +60,7 @@ def compose(tmp_path):
 @pytest.fixture(scope="session")
 def example_image() -> Path:
     """A bundled RGBA reference image (procedural object rendered by our own code)."""
-    candidates = sorted((ROOT / "experiments" / "data").glob("*/rgba.png"))
+    candidates = sorted((ROOT / "experiments" / "data").glob("*/*_rgba.png"))
     if not candidates:
-        pytest.fail("no bundled example images under experiments/data/*/rgba.png")
+        pytest.fail("no bundled example images under experiments/data/*/*_rgba.png")
     return candidates[0]

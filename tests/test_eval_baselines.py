@@ -213,12 +213,12 @@ def test_external_textured_mesh_in_a_blender_frame(tmp_path, rast, cfg_eval, rec
     v = box.v
     foreign = torch.stack([v[:, 0], -v[:, 2], v[:, 1]], dim=1) * 3.0 + torch.tensor([5.0, 1.0, -2.0])  # z up, -y front
     path = write_glb(Mesh(v=foreign, f=box.f, vt=box.vt, albedo=box.albedo).auto_normals(), tmp_path / "m.glb")
-    image = BOX / "rgba.png"
+    image = BOX / "box_rgba.png"
     kw = dict(output_root=tmp_path / "outputs", cfg_eval=cfg_eval, device="cpu", preprocess=recenter,
               rasterizer=rast)
     out, right = B.score_external_mesh(path, image, name="blenderish", time_s=45.0,
                                        alignment=B.Alignment(front="-y", up="+z"), **kw)
-    assert out == tmp_path / "outputs" / "rgba" / "external_blenderish" / "seed0"
+    assert out == tmp_path / "outputs" / "box_rgba" / "external_blenderish" / "seed0"
     assert right["time/total_s"] == 45.0 and right["baseline/method"] == "external:blenderish"
     _, wrong = B.score_external_mesh(path, image, name="as_is", **kw)
     assert right["eval/lpips"] < 0.08 and wrong["eval/lpips"] > right["eval/lpips"] + 0.02
@@ -232,10 +232,10 @@ def test_external_auto_yaw_finds_the_front(tmp_path, rast, cfg_eval, recenter):
     box = ScorableMesh(Mesh.load(BOX / "model.glb"))
     kw = dict(output_root=tmp_path / "outputs", cfg_eval=cfg_eval, device="cpu", preprocess=recenter,
               rasterizer=rast)
-    _, plain = B.score_external_mesh(write_glb(box.mesh, tmp_path / "plain.glb"), BOX / "rgba.png", name="plain",
+    _, plain = B.score_external_mesh(write_glb(box.mesh, tmp_path / "plain.glb"), BOX / "box_rgba.png", name="plain",
                                      **kw)
     turned = box.transformed(linear=yaw_rotation(90.0))  # its front now faces +x
-    _, auto = B.score_external_mesh(write_glb(turned.mesh, tmp_path / "turned.glb"), BOX / "rgba.png",
+    _, auto = B.score_external_mesh(write_glb(turned.mesh, tmp_path / "turned.glb"), BOX / "box_rgba.png",
                                     name="turned", alignment=B.Alignment(auto_yaw=True), **kw)
     assert auto["align/yaw_deg"] == 270.0
     assert auto["eval/lpips"] == pytest.approx(plain["eval/lpips"], abs=0.01)

@@ -29,7 +29,7 @@ def test_evaluate_step_writes_metrics_the_table_builder_reads(compose, tmp_path)
     from cg_lightning.steps.evaluate import run_evaluate, write_metrics
 
     job = tmp_path / "outputs" / "box_rgba" / "smoke" / "seed0"
-    cfg = compose(["+experiment=smoke", f"image={BOX / 'rgba.png'}"], run_dir=job)
+    cfg = compose(["+experiment=smoke", f"image={BOX / 'box_rgba.png'}"], run_dir=job)
     assert cfg.evaluation.views == 4 and cfg.evaluation.mesh_renderer == "torch"
     layout = JobLayout(job)
     layout.model_glb.parent.mkdir(parents=True)
@@ -41,7 +41,7 @@ def test_evaluate_step_writes_metrics_the_table_builder_reads(compose, tmp_path)
     state.mark_done("stage1", 12.0)
     state.mark_done("stage2", 3.0)
     ctx = JobContext(cfg=cfg, layout=layout, device=torch.device("cpu"), loggers=JobLoggers(cfg, job), state=state)
-    ctx.reference_rgba = np.asarray(Image.open(BOX / "rgba.png").convert("RGBA"))
+    ctx.reference_rgba = np.asarray(Image.open(BOX / "box_rgba.png").convert("RGBA"))
     try:
         run_evaluate(ctx)
         write_metrics(ctx)

@@ -19,7 +19,7 @@ DATA = Path(__file__).resolve().parents[1] / "experiments" / "data"
 @pytest.mark.parametrize("name", sorted(OBJECTS))
 def test_bundled_object_is_small_textured_and_matches_generator(name):
     folder = DATA / name
-    glb, png = folder / "model.glb", folder / "rgba.png"
+    glb, png = folder / "model.glb", folder / f"{folder.name}_rgba.png"
     assert glb.stat().st_size < 1_000_000 and png.stat().st_size < 1_000_000
     assert glb.read_bytes() == glb_bytes(OBJECTS[name]())  # regenerating gives the same file
     mesh = Mesh.load(glb)
@@ -40,7 +40,7 @@ def test_reference_image_is_the_front_view_of_the_mesh(name):
     mesh = Mesh.load(DATA / name / "model.glb")
     half = REFERENCE_VIEW["size"] // 2
     fresh = render_reference(mesh, size=half, ssaa=2).astype(np.float64) / 255
-    stored = np.asarray(Image.open(DATA / name / "rgba.png")).astype(np.float64) / 255
+    stored = np.asarray(Image.open(DATA / name / f"{name}_rgba.png")).astype(np.float64) / 255
     stored = stored.reshape(half, 2, half, 2, 4)
     alpha = stored[..., 3].mean(axis=(1, 3))
     premul = (stored[..., :3] * stored[..., 3:]).mean(axis=(1, 3))
@@ -53,7 +53,7 @@ def test_reference_image_is_the_front_view_of_the_mesh(name):
 @pytest.mark.slow
 def test_cli_regenerates_identical_files(tmp_path):
     main(["--out", str(tmp_path), "--only", "torus"])
-    for name in ("model.glb", "rgba.png"):
+    for name in ("model.glb", "torus_rgba.png"):
         assert (tmp_path / "torus" / name).read_bytes() == (DATA / "torus" / name).read_bytes()
 
 

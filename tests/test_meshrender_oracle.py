@@ -21,7 +21,7 @@ RES = 48
 
 @pytest.fixture(scope="module")
 def oracle() -> OraclePrior:
-    p = OraclePrior(image=str(TORUS / "rgba.png"), resolution=RES, rasterizer="torch")
+    p = OraclePrior(image=str(TORUS / "torus_rgba.png"), resolution=RES, rasterizer="torch")
     p.setup(torch.device("cpu"))
     p.set_reference(torch.ones(1, 3, RES, RES), elevation_deg=-15.0)
     return p
@@ -93,7 +93,7 @@ def test_hydra_config_instantiates_and_matches_constructor():
     from cg_lightning.config.validate import check_targets
 
     root = Path(__file__).resolve().parents[1]
-    cfg = OmegaConf.create({"image": str(TORUS / "rgba.png"), "renderer": {"mesh": "torch"},
+    cfg = OmegaConf.create({"image": str(TORUS / "torus_rgba.png"), "renderer": {"mesh": "torch"},
                             "prior": OmegaConf.load(root / "conf" / "prior" / "oracle.yaml")})
     check_targets(cfg)  # every key of the YAML is a constructor argument
     prior = instantiate(cfg.prior)

@@ -17,7 +17,7 @@ from cg_lightning.runtime.trainer import AtomicCheckpointIO, non_finite_entries
 
 _threads = pytest.fixture(autouse=True)(single_thread)
 ROOT = Path(__file__).resolve().parents[1]
-BOX = ROOT / "experiments" / "data" / "box" / "rgba.png"
+BOX = ROOT / "experiments" / "data" / "box" / "box_rgba.png"
 TINY_STAGE1 = ["+experiment=smoke", f"image={BOX}", "stages=[stage1]", "stage1.steps=6", "stage1.num_points=300",
                "stage1.ref_size=32", "stage1.views.resolution.values=[32,32]", "stage1.views.batch_size=1",
                "loss=dreamgaussian", "preprocess=none", "trainer.enable_progress_bar=false", "logger=none",

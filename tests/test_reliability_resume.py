@@ -27,7 +27,7 @@ from cg_lightning.runtime.trainer import resume_checkpoint
 
 _threads = pytest.fixture(autouse=True)(single_thread)
 ROOT = Path(__file__).resolve().parents[1]
-BOX = ROOT / "experiments" / "data" / "box" / "rgba.png"
+BOX = ROOT / "experiments" / "data" / "box" / "box_rgba.png"
 #: the cheapest real stage 1: 300 Gaussians, 32 px, reference losses + SDS of the tiny prior, a checkpoint per step
 TINY_STAGE1 = ["+experiment=smoke", f"image={BOX}", "stages=[stage1]", "stage1.num_points=300", "stage1.ref_size=32",
                "stage1.views.resolution.values=[32,32]", "stage1.views.batch_size=1", "loss=dreamgaussian",

@@ -13,7 +13,7 @@ from pathlib import Path
 from cg_lightning.runtime.hydra_callbacks import failed_jobs, finished_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-BOX = ROOT / "experiments" / "data" / "box" / "rgba.png"
+BOX = ROOT / "experiments" / "data" / "box" / "box_rgba.png"
 CALLBACK = "++hydra.callbacks.cg._target_=cg_lightning.runtime.hydra_callbacks.JobCallbacks"
 
 
@@ -47,7 +47,7 @@ def test_sweep_with_corrupt_images_finishes_the_other_jobs_and_reports_the_failu
         (hydra_dir,) = (root / stem).rglob(".hydra")
         return hydra_dir.parent
 
-    good = job_of("rgba")
+    good = job_of("box_rgba")
     assert (good / "DONE").is_file() and (good / "metrics.json").is_file() and not (good / "FAILED").exists()
     for stem in ("corrupt", "empty"):
         job = job_of(stem)

@@ -61,7 +61,7 @@ def gt_box() -> Mesh:
 
 @pytest.fixture(scope="module")
 def reference() -> ReferenceImage:
-    return ReferenceImage.from_rgba(np.asarray(Image.open(BOX / "rgba.png")), elevation=0.0)
+    return ReferenceImage.from_rgba(np.asarray(Image.open(BOX / "box_rgba.png")), elevation=0.0)
 
 
 def grey_box(gt: Mesh) -> Mesh:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from cg_lightning.cameras import Camera, orbit
 from cg_lightning.errors import CGError, ConfigError, InputImageError
-from cg_lightning.mesh.mesh import Mesh
+from cg_lightning.mesh.mesh import Mesh, as_single_trimesh
 
 _AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
 
@@ -104,19 +104,6 @@ def _render_vertex_colors(mesh: Mesh, colors: Tensor, camera: Camera, rasterizer
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _single_trimesh(loaded, path: Path):
-    import trimesh
-
-    if isinstance(loaded, trimesh.Scene):
-        geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)]
-        if not geoms:
-            raise InputImageError(f"{path} contains no triangle mesh")
-        loaded = geoms[0] if len(geoms) == 1 else trimesh.util.concatenate(geoms)
-    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
-        raise InputImageError(f"{path} contains no triangle mesh (got {type(loaded).__name__})")
-    return loaded
-
-
 def _vertex_colors_of(tm) -> Tensor | None:
     """(V,3) float colours from a trimesh's ColorVisuals (vertex or face colours), or None when it has none."""
     visual = tm.visual
@@ -146,7 +133,7 @@ def load_scorable_mesh(path: str | os.PathLike) -> ScorableMesh:
     mesh = Mesh.load(p)
     if mesh.albedo is not None:
         return ScorableMesh(mesh)
-    tm = _single_trimesh(trimesh.load(str(p), process=False, maintain_order=True), p)
+    tm = as_single_trimesh(trimesh.load(str(p), process=False, maintain_order=True), p)
     colors = _vertex_colors_of(tm)
     if colors is None:
         raise InputImageError(f"{p} has neither a texture image nor vertex colours, so it cannot be scored "

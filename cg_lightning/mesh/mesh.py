@@ -118,7 +118,7 @@ class Mesh:
             loaded = trimesh.load(str(p), process=False, maintain_order=True)
         except Exception as exc:  # trimesh raises many types for corrupt files
             raise InputImageError(f"Cannot read mesh {p}: {exc}") from exc
-        tm = _as_single_trimesh(loaded, p)
+        tm = as_single_trimesh(loaded, p)
         v = torch.as_tensor(np.asarray(tm.vertices, dtype=np.float32))
         f = torch.as_tensor(np.asarray(tm.faces, dtype=np.int64))
         vt, albedo = _texture_of(tm)
@@ -134,7 +134,7 @@ def normalize_or_default(n: Tensor, default: tuple[float, float, float] = (0.0, 
     return torch.where(ok, n / length.clamp_min(_DEGENERATE_EPS), fallback)
 
 
-def _as_single_trimesh(loaded, path: Path):
+def as_single_trimesh(loaded, path: Path):
     import trimesh
 
     if isinstance(loaded, trimesh.Scene):

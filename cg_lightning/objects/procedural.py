@@ -5,7 +5,7 @@ Why: the oracle prior and the benchmarks need ground-truth shapes *and* textures
 numpy, tilted so that the front view shows more than one side.
 
 ``python -m cg_lightning.objects.procedural --out experiments/data`` writes, per object, ``<out>/<name>/model.glb``
-(the ground truth) and ``<out>/<name>/rgba.png`` (front view: elevation 0, azimuth 0, radius 2, fovy 49.1, 256 px,
+(the ground truth) and ``<out>/<name>/<name>_rgba.png`` (front view: elevation 0, azimuth 0, radius 2, fovy 49.1, 256 px,
 transparent background, 4x supersampled). Everything is deterministic.
 """
 
@@ -148,13 +148,13 @@ def render_reference(mesh: Mesh, size: int = 256, ssaa: int = 4) -> np.ndarray:
 
 
 def write_object(name: str, out_dir: str | Path, size: int = 256) -> Path:
-    """Write ``<out_dir>/<name>/model.glb`` and ``rgba.png``; returns the object folder."""
+    """Write ``<out_dir>/<name>/model.glb`` and ``<name>_rgba.png``; returns the object folder."""
     if name not in OBJECTS:
         raise KeyError(f"unknown object {name!r}; choose from {sorted(OBJECTS)}")
     folder = Path(out_dir) / name
     mesh = OBJECTS[name]()
     write_glb(mesh, folder / "model.glb")
-    write_bytes(folder / "rgba.png", png_bytes(render_reference(mesh, size)))
+    write_bytes(folder / f"{name}_rgba.png", png_bytes(render_reference(mesh, size)))
     return folder
 
 
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for name in args.only or list(OBJECTS):
         folder = write_object(name, args.out, args.size)
-        print(f"wrote {folder}/model.glb and {folder}/rgba.png")
+        print(f"wrote {folder}/model.glb and {folder}/{name}_rgba.png")
 
 
 if __name__ == "__main__":

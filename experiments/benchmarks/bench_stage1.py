@@ -44,7 +44,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def load_reference(folder: Path) -> ReferenceImage:
     from PIL import Image
 
-    return ReferenceImage.from_rgba(np.asarray(Image.open(folder / "rgba.png").convert("RGBA")), elevation=0.0)
+    return ReferenceImage.from_rgba(np.asarray(Image.open(folder / f"{folder.name}_rgba.png").convert("RGBA")), elevation=0.0)
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ EVAL_VIEWS = [(0.0, a) for a in range(0, 360, 45)] + [(-30.0, a) for a in (45, 1
 def load_reference(folder: Path) -> ReferenceImage:
     from PIL import Image
 
-    return ReferenceImage.from_rgba(np.asarray(Image.open(folder / "rgba.png").convert("RGBA")), elevation=0.0)
+    return ReferenceImage.from_rgba(np.asarray(Image.open(folder / f"{folder.name}_rgba.png").convert("RGBA")), elevation=0.0)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
