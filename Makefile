@@ -45,9 +45,13 @@ smoke: ## Whole pipeline on CPU in about a minute (tiny random prior)
 weights: ## Fetch every real weight a GPU user needs (Zero123-XL, Real-ESRGAN, u2net, LPIPS VGG, CLIP)
 	$(PYTHON) -m cg_lightning.weights
 
-bench: ## CPU/GPU benchmarks (rasterizer, mesh extraction, stages)
+bench: ## Benchmarks on the current device (rasterizers, mesh extraction, both stages, oracle pipeline)
 	$(PYTHON) experiments/benchmarks/bench_gaussian_raster.py
+	$(PYTHON) experiments/benchmarks/bench_mesh_raster.py
 	$(PYTHON) experiments/benchmarks/bench_mesh_extract.py
+	$(PYTHON) experiments/benchmarks/bench_stage1.py
+	$(PYTHON) experiments/benchmarks/bench_stage2.py
+	$(PYTHON) experiments/benchmarks/bench_oracle_pipeline.py
 
 clean: ## Remove caches and build artefacts
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

@@ -82,3 +82,16 @@ def test_sweep_files_define_the_paper_grids(sweep, experiments):
     images = [s.strip() for s in params.image.split(",")]
     assert len(images) == 14 and all(s.startswith("experiments/images/") for s in images)
     assert params.seed == "0,1,2"
+
+
+@pytest.mark.parametrize("launcher,target", [("slurm", "SlurmLauncher"), ("local", "LocalLauncher"),
+                                             ("joblib", "JoblibLauncher")])
+def test_launchers_compose(launcher, target):
+    res = launch("+sweep=table1", f"hydra/launcher={launcher}", "--cfg", "hydra", timeout=120)
+    assert res.returncode == 0, res.stderr
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(res.stdout).hydra.launcher
+    assert cfg._target_.endswith(target)
+    if launcher == "slurm":
+        assert cfg.gpus_per_node == 1 and cfg.tasks_per_node == 1 and cfg.max_num_timeout > 0
