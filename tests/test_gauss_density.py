@@ -253,3 +253,13 @@ def test_densification_with_real_renders_end_to_end():
     assert sizes[0] == 300 and sizes[1] > 300 and sizes[2] == sizes[1]
     out = raster.render(m, cam, torch.ones(3))
     assert out.radii.shape == (m.num_points,) and torch.isfinite(out.image).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"interval": 0}, {"opacity_reset_interval": 0}, {"split_n": 0},
+                                    {"percent_dense": 1.5}, {"min_opacity": -0.1}, {"grad_threshold": -1.0}])
+def test_density_controller_rejects_out_of_range_settings(kwargs):
+    from cg_lightning.errors import ConfigError
+    from cg_lightning.gaussians.density import DensityController
+
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        DensityController(**kwargs)

@@ -310,3 +310,12 @@ def test_loss_configs_instantiate(name):
         else:
             assert qa.margins(0, 500)[2] == pytest.approx(0.41 + 0.41 / 500) and qa.lpips_normalize is True
         assert qa.lpips_pretrained is False
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5])
+def test_qa_triplet_rejects_threshold_outside_unit_interval(threshold):
+    from cg_lightning.errors import ConfigError
+    from cg_lightning.losses import QATripletLoss
+
+    with pytest.raises(ConfigError, match="threshold"):
+        QATripletLoss(threshold=threshold)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cg_lightning.errors import ConfigError
 from cg_lightning.gaussians.model import GaussianModel, inverse_sigmoid, quat_to_rotmat
 from cg_lightning.gaussians.surgery import cat_to_optimizer, prune_optimizer, replace_in_optimizer
 from cg_lightning.render.gaussian.base import GaussianRenderOutput
@@ -40,6 +41,13 @@ class DensityController(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        for name, value, ok in (("interval", interval, interval >= 1),
+                                ("opacity_reset_interval", opacity_reset_interval, opacity_reset_interval >= 1),
+                                ("split_n", split_n, split_n >= 1), ("grad_threshold", grad_threshold, grad_threshold >= 0),
+                                ("percent_dense", percent_dense, 0 <= percent_dense <= 1),
+                                ("min_opacity", min_opacity, 0 <= min_opacity <= 1), ("extent", extent, extent > 0)):
+            if not ok:
+                raise ConfigError(f"DensityController: {name}={value} is out of range")
         self.grad_threshold, self.percent_dense, self.extent = (
             float(grad_threshold),
             float(percent_dense),

@@ -112,6 +112,8 @@ class QATripletLoss(LossTerm):
         super().__init__(weight)
         if variant not in self.VARIANTS:
             raise ConfigError(f"loss.qa_triplet.variant={variant!r}; expected one of {self.VARIANTS}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"loss.qa_triplet.threshold must be in [0, 1] (an LPIPS distance), got {threshold}")
         if not 0.0 <= refine_strength <= 1.0:
             raise ConfigError(f"loss.qa_triplet.refine_strength must be in [0, 1], got {refine_strength}")
         self.variant, self.threshold = variant, float(threshold)
