@@ -1,4 +1,7 @@
-"""Export step: turntable videos of the Gaussians and of the final mesh; 3D assets and videos mirrored to W&B."""
+"""Export step: turntable videos of the Gaussians and of the final mesh; videos and the mesh mirrored to W&B.
+
+(The Gaussians' point cloud is logged by stage 1 itself when it finishes.)
+"""
 
 from __future__ import annotations
 
@@ -49,7 +52,6 @@ def run_export(ctx: JobContext) -> None:
         gaussians = load_gaussians(ctx)
         write_mp4(gaussian_turntable_frames(ctx, gaussians, cameras), ctx.layout.stage1_turntable, fps=e.fps)
         written.append(("stage1", ctx.layout.stage1_turntable))
-        _log_point_cloud(ctx, gaussians)
     glb = ctx.find_output("model_glb")
     if glb is not None:
         write_mp4(mesh_turntable_frames(ctx, Mesh.load(glb), cameras), ctx.layout.stage2_turntable, fps=e.fps)
@@ -58,18 +60,6 @@ def run_export(ctx: JobContext) -> None:
     ctx.state.mark_done("export")
     for stage, path in written:
         log.info("export: %s turntable -> %s", stage, path)
-
-
-def _log_point_cloud(ctx: JobContext, gaussians, max_points: int = 20000) -> None:
-    run = ctx.loggers.wandb
-    if run is None:
-        return
-    import wandb
-
-    xyz = gaussians.means.detach().cpu().numpy()
-    rgb = (gaussians.colors.detach().clamp(0, 1).cpu().numpy() * 255).round()
-    idx = np.random.default_rng(0).permutation(len(xyz))[:max_points]
-    run.experiment.log({"stage1/gaussians": wandb.Object3D(np.concatenate([xyz[idx], rgb[idx]], axis=1))})
 
 
 def _log_media(ctx: JobContext, videos, glb) -> None:
