@@ -44,10 +44,6 @@ _TEMP_NAME = re.compile(r"\.(?P<dest>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")
 _SKIP_DIRS = {".hydra", "wandb", ".submitit"}
 
 
-class JobFailed(Exception):
-    """Raised instead of the original error for a single run whose cause was already reported."""
-
-
 class JobInterrupted(BaseException):
     """SIGTERM outside a training loop. A BaseException so that no ``except Exception`` swallows it."""
 
