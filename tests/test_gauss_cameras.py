@@ -11,15 +11,6 @@ import torch
 from cg_lightning.cameras import Camera, orbit, orbit_camera, zero123_pose
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster and immune to other processes on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def forward(c2w: torch.Tensor) -> torch.Tensor:
     """Viewing direction of an OpenGL camera (it looks along its -z axis)."""
     return -c2w[:3, 2]

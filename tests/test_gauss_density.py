@@ -25,15 +25,6 @@ from cg_lightning.render.gaussian.torch_backend import TorchGaussianRasterizer
 LRS = {"xyz": 0.01, "features_dc": 0.01, "opacity": 0.05, "scaling": 0.005, "rotation": 0.005}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster and immune to other processes on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def stepped(model: GaussianModel) -> torch.optim.Adam:
     """An Adam with non-trivial moments for every parameter."""
     opt = build_optimizer(model, LRS)

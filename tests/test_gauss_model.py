@@ -16,15 +16,6 @@ from cg_lightning.gaussians.sh import SH_C0, eval_sh, sh_basis
 LRS = {"xyz": 0.01, "features_dc": 0.01, "opacity": 0.05, "scaling": 0.005, "rotation": 0.005}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster and immune to other processes on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_random_ball_matches_dreamgaussian_init():
     m = GaussianModel.random_ball(2000, generator=torch.Generator().manual_seed(0))
     assert m.num_points == 2000 and m.sh_degree == 0

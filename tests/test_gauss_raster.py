@@ -21,15 +21,6 @@ from cg_lightning.render.gaussian.torch_backend import (
 GRAD_NAMES = ("xyz", "features_dc", "opacity", "scaling", "rotation")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster and immune to other processes on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def scene(
     n: int = 150, seed: int = 0, scale_shift: float = 0.5, opacity: float | None = None, sh_degree: int = 0
 ) -> GaussianModel:

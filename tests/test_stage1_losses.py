@@ -223,16 +223,7 @@ def test_qa_triplet_config_errors():
         QATripletLoss(variant="nope")
 
 
-@pytest.fixture
-def one_thread():
-    """Small convolutions: OpenMP fan-out only costs on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_real_lpips_class_in_both_variants(one_thread):
+def test_real_lpips_class_in_both_variants():
     lpips_mod = pytest.importorskip("cg_lightning.perceptual.lpips")
     torch.manual_seed(0)
     model = lpips_mod.LPIPS(net="vgg", normalize=False, pretrained=False)

@@ -22,15 +22,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: OpenMP fan-out costs more than it gives (10x slower on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def reference_image(size: int = SIZE) -> ReferenceImage:
     """A red disc with a blue stripe on a transparent background."""
     yy, xx = np.mgrid[:size, :size]

@@ -40,15 +40,6 @@ class RecordingOracle(OraclePrior):
         return super().refine(images, d_elev, d_azim, d_radius, strength, steps)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small CPU tensors: one intra-op thread is far faster on a shared 2-core machine (no OpenMP spinning)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def rasterizer():
     return TorchMeshRasterizer()
