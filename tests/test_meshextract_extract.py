@@ -182,7 +182,9 @@ def test_gaussian_model_wrapper_and_mesh():
 
 def test_extract_with_cleanup_keeps_ellipsoid():
     means, cov, opac = blob()
-    v, f = extract_mesh_from_tensors(means, cov, opac, resolution=48, num_blocks=4, clean=True, remesh_size=0.03)
+    from cg_lightning.mesh.cleanup import clean_mesh
+
+    v, f = clean_mesh(*extract_mesh_from_tensors(means, cov, opac, resolution=48, num_blocks=4), remesh_size=0.03)
     axes = semi_axes()
     r = (((torch.from_numpy(v) - CENTRE) / axes) ** 2).sum(1).sqrt()
     assert float((r - 1).abs().max()) < 0.05

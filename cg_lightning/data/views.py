@@ -9,17 +9,22 @@ offset 0 and a black background with probability 0.5 (white otherwise).
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from cg_lightning.errors import ConfigError
 from cg_lightning.schedules import Piecewise, Schedule, as_schedule
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,3 +137,24 @@ class ViewStream(IterableDataset):
         while True:
             yield self.sampler.sample(step, self.total_steps, self.reference_elevation)
             step += 1
+
+
+def view_dataloader(sampler: ViewSampler, total_steps: int, reference_elevation: float,
+                    start_step: Callable[[], int]) -> DataLoader:
+    """The endless per-step camera stream of a stage as Lightning's train dataloader.
+
+    Generated in-process (a few random numbers per step), so workers would only add overhead.
+    """
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    stream = ViewStream(sampler, total_steps, reference_elevation, start_step=start_step)
+    return DataLoader(stream, batch_size=None, num_workers=0)
+
+
+def check_max_steps(trainer: Any, steps: int, stage: str) -> None:
+    """The camera stream never ends: the Trainer must stop at ``max_steps`` (and should equal the stage's steps)."""
+    max_steps = trainer.max_steps
+    if max_steps is None or max_steps < 0:
+        raise ConfigError(f"{stage} streams cameras without end: build the Trainer with max_steps=stage.steps")
+    if max_steps != steps:
+        log.warning("%s: trainer.max_steps=%d differs from %s.steps=%d (schedules use %s.steps)",
+                    stage, max_steps, stage, steps, stage)

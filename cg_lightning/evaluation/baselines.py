@@ -33,6 +33,7 @@ from cg_lightning.evaluation.mesh_view import (
     normalize_to_box,
     yaw_rotation,
 )
+from cg_lightning.preprocess.image_io import save_image
 from cg_lightning.utils.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,6 @@ def external_experiment_name(name: str) -> str:
     return f"external_{clean}"
 
 
-def _save_png(path: Path, rgba: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(rgba, mode="RGBA").save(tmp, format="PNG")
-
-
 def prepare_reference(image: str | os.PathLike, preprocess: Callable[[np.ndarray], np.ndarray] | None,
                       out_dir: Path) -> tuple[np.ndarray, float]:
     """Load + preprocess the input (None: use it as it is), save ``input/preprocessed_rgba.png``; (rgba, seconds)."""
@@ -77,7 +71,7 @@ def prepare_reference(image: str | os.PathLike, preprocess: Callable[[np.ndarray
         rgba = img if img.shape[-1] == 4 else np.concatenate([img, np.full_like(img[..., :1], 255)], axis=-1)
     rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
     seconds = time.perf_counter() - t0
-    _save_png(out_dir / "input" / "preprocessed_rgba.png", rgba)
+    save_image(out_dir / "input" / "preprocessed_rgba.png", rgba)
     return rgba, seconds
 
 

@@ -242,21 +242,12 @@ def extract_mesh_from_tensors(
     num_blocks: int = 16,
     opacity_threshold: float = 0.005,
     iso: float = 1.0,
-    clean: bool = False,
-    remesh: bool = True,
-    remesh_size: float = 0.015,
-    max_faces: int = 100_000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grid + marching cubes (+ ``clean_mesh`` if ``clean``) on plain tensors -> (v (V,3) float32, f (F,3) int64)."""
+    """Grid + marching cubes on plain tensors -> raw (v (V,3) float32, f (F,3) int64); cleanup is its own step."""
     grid, centre, scale = density_grid_from_tensors(
         means, covariances, opacities, resolution, num_blocks, opacity_threshold
     )
-    v, f = marching_cubes(grid, centre, scale, iso)
-    if clean:
-        from cg_lightning.mesh.cleanup import clean_mesh
-
-        v, f = clean_mesh(v, f, remesh=remesh, remesh_size=remesh_size, max_faces=max_faces)
-    return v, f
+    return marching_cubes(grid, centre, scale, iso)
 
 
 def extract_mesh(
@@ -265,20 +256,13 @@ def extract_mesh(
     iso: float = 1.0,
     num_blocks: int = 16,
     opacity_threshold: float = 0.005,
-    clean: bool = False,
-    remesh: bool = True,
-    remesh_size: float = 0.015,
-    max_faces: int = 100_000,
 ) -> Mesh:
     """Mesh (vertex normals, no UV) of a GaussianModel's iso-surface, on the model's device.
 
-    By default this is the raw marching-cubes surface (the pipeline runs ``clean_mesh`` as its own step);
-    ``clean=True`` runs it here with ``remesh`` / ``remesh_size`` / ``max_faces``.
+    The raw marching-cubes surface: the pipeline runs :func:`cg_lightning.mesh.cleanup.clean_mesh` as its own step.
     """
     means, cov, opac = gaussian_tensors(model)
-    v, f = extract_mesh_from_tensors(
-        means, cov, opac, resolution, num_blocks, opacity_threshold, iso, clean, remesh, remesh_size, max_faces
-    )
+    v, f = extract_mesh_from_tensors(means, cov, opac, resolution, num_blocks, opacity_threshold, iso)
     dev = means.device
     mesh = Mesh(v=torch.from_numpy(v).to(dev), f=torch.from_numpy(f).to(dev))
     return mesh.auto_normals()

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from cg_lightning.data.reference import ReferenceImage
-from cg_lightning.data.views import ViewBatch, ViewSampler, ViewStream
+from cg_lightning.data.views import ViewBatch, ViewSampler, check_max_steps, view_dataloader
 from cg_lightning.errors import ConfigError, NonFiniteError
 from cg_lightning.gaussians.model import GaussianModel
 from cg_lightning.gaussians.optim import LogLinearSchedule, build_optimizer, get_group, set_lr
@@ -124,20 +124,12 @@ class GaussianStage(L.LightningModule):
         return build_optimizer(self.gaussians, self.lrs, eps=self.adam_eps)
 
     def train_dataloader(self) -> DataLoader:
-        # the stream is generated in-process (a few random numbers per step): workers would only add overhead
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # our checkpoints are meant to hold the state after the step (global_step counts completed steps)
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-        stream = ViewStream(self.views, self.steps, self.reference.elevation, start_step=lambda: self.global_step)
-        return DataLoader(stream, batch_size=None, num_workers=0)
+        return view_dataloader(self.views, self.steps, self.reference.elevation, lambda: self.global_step)
 
     def on_fit_start(self) -> None:
-        max_steps = self.trainer.max_steps
-        if max_steps is None or max_steps < 0:
-            raise ConfigError("stage1 streams cameras without end: build the Trainer with max_steps=stage.steps")
-        if max_steps != self.steps:
-            log.warning("stage1: trainer.max_steps=%d differs from stage1.steps=%d (schedules use stage1.steps)",
-                        max_steps, self.steps)
+        check_max_steps(self.trainer, self.steps, "stage1")
         if self.prior is not None:
             self.prior.setup(self.device)
             if self.reseed_each_step:  # the conditioning may sample (VAE posterior): same on every (re)start

@@ -16,7 +16,6 @@ Renders rasterize at ``ceil8(size * ssaa)`` and are resized back, so the texture
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from cg_lightning.cameras import Camera, orbit
 from cg_lightning.data.reference import ReferenceImage
-from cg_lightning.data.views import ViewBatch, ViewSampler, ViewStream
+from cg_lightning.data.views import ViewBatch, ViewSampler, check_max_steps, view_dataloader
 from cg_lightning.errors import ConfigError, NonFiniteError
 from cg_lightning.losses.base import LossOutput, LossTerm
 from cg_lightning.mesh.mesh import Mesh
@@ -296,17 +295,10 @@ class TextureStage(pl.LightningModule):
         return torch.optim.Adam(groups)
 
     def train_dataloader(self) -> DataLoader:
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        stream = ViewStream(self.views, self.steps, self.reference.elevation, start_step=lambda: self.global_step)
-        return DataLoader(stream, batch_size=None, num_workers=0)
+        return view_dataloader(self.views, self.steps, self.reference.elevation, lambda: self.global_step)
 
     def on_fit_start(self) -> None:
-        max_steps = self.trainer.max_steps
-        if max_steps is None or max_steps < 0:
-            raise ConfigError("stage2 streams cameras without end: build the Trainer with max_steps=stage.steps")
-        if max_steps != self.steps:
-            log.warning("stage2: trainer.max_steps=%d differs from stage2.steps=%d (schedules use stage2.steps)",
-                        max_steps, self.steps)
+        check_max_steps(self.trainer, self.steps, "stage2")
         if self.prior is not None:
             self.prior.setup(self.device)
             # the input at the reference size, as DG conditions Zero123 (the prior resizes to its own resolution)

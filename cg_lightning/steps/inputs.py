@@ -10,14 +10,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from cg_lightning.runtime.context import JobContext
-from cg_lightning.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
-
-
-def _save_png(path, rgba: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(rgba, mode="RGBA").save(tmp, format="PNG")
 
 
 def read_png(path) -> np.ndarray:
@@ -31,17 +25,17 @@ def prepare_reference(ctx: JobContext) -> np.ndarray:
     if cached is not None:
         ctx.reference_rgba = read_png(cached)
         return ctx.reference_rgba
-    from cg_lightning.preprocess.image_io import load_image
+    from cg_lightning.preprocess.image_io import load_image, save_image
 
     t0 = time.perf_counter()
     image = load_image(ctx.cfg.image)
     preprocess = instantiate(ctx.cfg.preprocess)
     processed = preprocess(image)
-    _save_png(ctx.layout.preprocessed, processed)
+    save_image(ctx.layout.preprocessed, processed)
     upscaler = instantiate(ctx.cfg.superres)
     upscaler.setup(ctx.device)
     reference = upscaler(processed)
-    _save_png(ctx.layout.reference, reference)
+    save_image(ctx.layout.reference, reference)
     seconds = time.perf_counter() - t0
     log.info("input: %s -> %s (%.1f s)", processed.shape[:2], reference.shape[:2], seconds)
     ctx.reference_rgba = reference
