@@ -10,7 +10,7 @@ import torch
 
 from cg_lightning.errors import CGError, ConfigError
 from cg_lightning.mesh.extract import (
-    MIN_STD_VOXELS,
+    FLAT_STD_VOXELS,
     NoSurfaceError,
     covariances_from_scales_rotations,
     density_grid,
@@ -39,15 +39,20 @@ def semi_axes(iso: float = 1.0) -> torch.Tensor:
     return SIGMAS * math.sqrt(2 * math.log(K * OPACITY / iso))
 
 
-def bruteforce_grid(means, cov, opac, resolution, num_blocks, threshold=0.005, margin_blocks=1.5) -> torch.Tensor:
-    """float64 reference with the same normalisation, covariance floor and block culling."""
+def bruteforce_grid(means, cov, opac, resolution, num_blocks, threshold=0.005, margin_blocks=1.5,
+                    floor_voxels=0.0) -> torch.Tensor:
+    """float64 reference with the same normalisation, covariance floor and block culling; Gaussians flatter than
+    FLAT_STD_VOXELS (a delta sheet) are left out, as the implementation does."""
     keep = opac > threshold
     means, cov, opac = means[keep].double(), cov[keep].double(), opac[keep].double()
     lo, hi = means.min(0).values, means.max(0).values
     centre, scale = (lo + hi) / 2, 1.8 / float((hi - lo).max())
     mu = (means - centre) * scale
     voxel = 2.0 / (resolution - 1)
-    a = torch.linalg.inv(cov * scale**2 + (MIN_STD_VOXELS * voxel) ** 2 * torch.eye(3, dtype=torch.float64))
+    cov_n = cov * scale**2 + (floor_voxels * voxel) ** 2 * torch.eye(3, dtype=torch.float64)
+    flat = torch.linalg.eigvalsh(cov_n)[:, 0] < (FLAT_STD_VOXELS * voxel) ** 2
+    opac = torch.where(flat, 0.0, opac)
+    a = torch.linalg.inv(torch.where(flat[:, None, None], torch.eye(3, dtype=torch.float64), cov_n))
     xs = torch.linspace(-1, 1, resolution, dtype=torch.float64)
     idx = torch.stack(torch.meshgrid(*(torch.arange(resolution),) * 3, indexing="ij"), -1).reshape(-1, 3)
     p = xs[idx]
@@ -122,17 +127,41 @@ def test_ellipsoid_recovered_in_world_coordinates():
     assert tm.volume == pytest.approx(expected, rel=0.03)
 
 
-def test_surface_closed_where_density_touches_grid_boundary():
-    """Padding closes the surface even when the density exceeds iso on the boundary of [-1,1]^3."""
+def test_grid_padding_option_closes_surface_at_grid_boundary():
+    """Where the density exceeds iso on the boundary of [-1,1]^3 the official surface stays open there;
+    ``pad_grid=True`` closes it without moving the vertices of the rest of the surface."""
+    import trimesh
+
     means = torch.zeros(3, 3)
     means[1, 0], means[2, 0] = -0.5, 0.5
     cov = (0.4**2 * torch.eye(3)).expand(3, 3, 3).clone()
     grid, centre, scale = density_grid_from_tensors(means, cov, torch.full((3,), 0.9), resolution=16, num_blocks=2)
     assert float(grid[0].max()) > 1.0
     v, f = marching_cubes(grid, centre, scale, iso=1.0)
-    import trimesh
+    assert not trimesh.Trimesh(v, f, process=False).is_watertight
+    vp, fp = marching_cubes(grid, centre, scale, iso=1.0, pad_grid=True)
+    assert trimesh.Trimesh(vp, fp, process=False).is_watertight
+    inner = {tuple(np.round(x, 5)) for x in v}
+    assert inner <= {tuple(np.round(x, 5)) for x in vp}  # padding only adds the caps
 
-    assert trimesh.Trimesh(v, f, process=False).is_watertight
+
+def test_covariance_floor_option_thickens_thin_gaussians():
+    """Without the floor (official) very thin Gaussians fall between the samples; the 0.1-voxel floor keeps them."""
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    means = torch.rand(n, 3, generator=g) * 1.6 - 0.8
+    scales = torch.tensor([0.3, 0.3, 0.002]).expand(n, 3).clone()  # thin discs, well below a voxel (0.1 world)
+    cov = covariances_from_scales_rotations(scales, torch.randn(n, 4, generator=g))
+    opac = torch.full((n,), 0.9)
+    plain, _, _ = density_grid_from_tensors(means, cov, opac, resolution=20, num_blocks=4)
+    floored, _, _ = density_grid_from_tensors(means, cov, opac, resolution=20, num_blocks=4, cov_floor_voxels=0.1)
+    # Sigma^-1 ~ 1e5 here: the float32 monomial expansion loses ~eps32 * |A| * |p|^2 ~ 2e-3 of the exponent
+    torch.testing.assert_close(plain.double(), bruteforce_grid(means, cov, opac, 20, 4), atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(floored.double(), bruteforce_grid(means, cov, opac, 20, 4, floor_voxels=0.1),
+                               atol=2e-4, rtol=1e-4)
+    assert float(floored.sum()) > 1.5 * float(plain.sum())
+    with pytest.raises(ConfigError, match="cov_floor_voxels"):
+        density_grid_from_tensors(means, cov, opac, resolution=20, num_blocks=4, cov_floor_voxels=-1.0)
 
 
 def test_no_surface_errors_are_clear():

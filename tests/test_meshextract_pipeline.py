@@ -37,7 +37,7 @@ def test_textured_mesh_matches_gaussian_renders(monkeypatch):
     def render_rgb(cam):
         return gauss.render(model, cam, white).image
 
-    baked = bake_texture(mesh, render_rgb, TorchMeshRasterizer(), texture_size=256, render_size=128)
+    baked = bake_texture(mesh, render_rgb, TorchMeshRasterizer(), texture_size=256, render_size=128, min_resolution=64)
     ras = TorchMeshRasterizer()
     for elev, azim in [(0.0, 20.0), (-30.0, -110.0)]:
         cam = orbit(elev, azim, width=128, height=128)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import trimesh
 
+from cg_lightning.errors import ConfigError
 from cg_lightning.mesh.mesh import Mesh
 from cg_lightning.mesh.uv import unwrap_uv, unwrap_uv_arrays
 
@@ -76,6 +78,13 @@ def test_unwrap_mesh_wrapper_normals_and_device():
     # on a sphere centred at the origin the area-weighted normals point radially outwards
     cos = (out.vn * torch.nn.functional.normalize(out.v, dim=1)).sum(1)
     assert float(cos.min()) > 0.98
-    # copies of a seam vertex share the normal of the unsplit mesh (no shading crease along seams)
-    torch.testing.assert_close(out.vn, mesh.auto_normals().vn[_vertex_ids(out.v, mesh.v)])
+    # official: normals recomputed on the split mesh, so copies of a seam vertex differ (a crease along seams)
+    unsplit = mesh.auto_normals().vn[_vertex_ids(out.v, mesh.v)]
+    torch.testing.assert_close(out.vn, Mesh(v=out.v, f=out.f).auto_normals().vn)
+    assert float((out.vn - unsplit).abs().max()) > 0.01
+    # seam_normals="shared": copies of a seam vertex share the normal of the unsplit mesh (no crease)
+    shared = unwrap_uv(mesh, seam_normals="shared")
+    torch.testing.assert_close(shared.vn, mesh.auto_normals().vn[_vertex_ids(shared.v, mesh.v)])
     assert out.v.device == mesh.v.device and out.f.dtype == torch.long
+    with pytest.raises(ConfigError, match="seam_normals"):
+        unwrap_uv(mesh, seam_normals="average")

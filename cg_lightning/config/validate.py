@@ -240,6 +240,9 @@ RANGES: dict[str, Range] = {
     "mesh.bake_render_size": PIXELS,
     "mesh.view_cos_threshold": COSINE,
     "mesh.inpaint_dilation": COUNT,
+    "mesh.cov_floor_voxels": NON_NEGATIVE,
+    "mesh.uv_padding": COUNT,
+    "mesh.bake_min_resolution": COUNT,
     # stage 2 (TextureStage is built only after stage 1 and the mesh)
     "stage2.steps": POSITIVE_INT,
     "stage2.texture_lr": POSITIVE,
@@ -319,10 +322,27 @@ def check_ranges(cfg: DictConfig, ranges: dict[str, Range] | None = None) -> Non
         if int(mesh.resolution) % int(mesh.num_blocks) != 0:
             raise ConfigError(f"mesh.resolution={mesh.resolution} must be divisible by mesh.num_blocks="
                               f"{mesh.num_blocks}")
+    if isinstance(mesh, DictConfig):
+        _check_mesh_choices(mesh)
     stage2 = cfg.get("stage2")
     if isinstance(stage2, DictConfig) and isinstance(stage2.get("ssaa_min"), int | float) \
             and isinstance(stage2.get("ssaa_max"), int | float) and stage2.ssaa_min > stage2.ssaa_max:
         raise ConfigError(f"stage2.ssaa_min={stage2.ssaa_min} must be <= stage2.ssaa_max={stage2.ssaa_max}")
+
+
+def _check_mesh_choices(mesh: DictConfig) -> None:
+    """The mesh step's string options and the bake's mip bound, checked before stage 1 rather than after it."""
+    from cg_lightning.mesh.bake import BLEND_MODES, INPAINT_MODES, TEXEL_MAPPINGS
+    from cg_lightning.mesh.uv import SEAM_NORMALS
+
+    for key, allowed in (("bake_blend", BLEND_MODES), ("bake_texel_mapping", TEXEL_MAPPINGS),
+                         ("inpaint", INPAINT_MODES), ("seam_normals", SEAM_NORMALS)):
+        if key in mesh and mesh[key] not in allowed:
+            raise ConfigError(f"mesh.{key}={mesh[key]!r} is invalid: expected one of {', '.join(allowed)}")
+    if "texture_size" in mesh and "bake_min_resolution" in mesh and \
+            int(mesh.texture_size) <= int(mesh.bake_min_resolution):
+        raise ConfigError(f"mesh.texture_size={mesh.texture_size} must be larger than mesh.bake_min_resolution="
+                          f"{mesh.bake_min_resolution} (the mip splat writes no level otherwise)")
 
 
 #: groups read key by key by the pipeline (no constructor to reject a typo): their keys must be those of the

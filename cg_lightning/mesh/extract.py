@@ -25,10 +25,12 @@ from torch import Tensor
 from cg_lightning.errors import CGError, ConfigError
 from cg_lightning.mesh.mesh import Mesh
 
-# A covariance is regularised by (MIN_STD_VOXELS * voxel)^2 on the diagonal (in normalised units). A Gaussian much
-# thinner than a voxel is a delta for the grid anyway; the floor bounds Sigma^-1 so that the float32 expansion stays
-# accurate (<~1% density error) and a degenerate (zero-scale) Gaussian cannot produce a huge negative exponent.
-MIN_STD_VOXELS = 0.1
+# ``cov_floor_voxels`` (option, official 0): the covariance is regularised by (cov_floor_voxels * voxel)^2 on the
+# diagonal (normalised units). A Gaussian much thinner than a voxel is a delta for the grid anyway; the floor (0.1 is
+# the suggested value) bounds Sigma^-1 so that thin Gaussians do not fall between grid samples and the float32
+# expansion stays accurate. The official extraction has no floor (DG ``extract_fields``).
+SUGGESTED_COV_FLOOR_VOXELS = 0.1
+FLAT_STD_VOXELS = 1e-3
 _Q_MAX = 150.0
 
 
@@ -128,6 +130,7 @@ def density_grid_from_tensors(
     opacity_threshold: float = 0.005,
     margin_blocks: float = 1.5,
     chunk_size: int = 512,
+    cov_floor_voxels: float = 0.0,
 ) -> tuple[Tensor, Tensor, float]:
     """Density of the Gaussian mixture on a resolution^3 grid over normalised [-1, 1]^3.
 
@@ -155,13 +158,23 @@ def density_grid_from_tensors(
 
     centre, scale = normalisation(means, cov)
     voxel = 2.0 / (resolution - 1)
-    cov_n = cov * scale**2 + (MIN_STD_VOXELS * voxel) ** 2 * torch.eye(3, dtype=cov.dtype, device=device)
-    a = torch.linalg.inv(0.5 * (cov_n + cov_n.transpose(1, 2)))
+    if cov_floor_voxels < 0:
+        raise ConfigError(f"mesh.cov_floor_voxels={cov_floor_voxels} must be >= 0")
+    cov_n = cov * scale**2 + (cov_floor_voxels * voxel) ** 2 * torch.eye(3, dtype=cov.dtype, device=device)
+    cov_n = 0.5 * (cov_n + cov_n.transpose(1, 2))
+    a = torch.linalg.inv_ex(cov_n).inverse
+    # A Gaussian thinner than FLAT_STD_VOXELS along some axis (only possible without the floor) is a delta sheet that
+    # the grid samples cannot see (the official exact evaluation gives ~0 at every sample); its Sigma^-1 would make
+    # the float32 expansion meaningless (cancellation), so it contributes nothing.
+    min_var = torch.linalg.eigvalsh(cov_n)[:, 0]
+    flat = ~torch.isfinite(a).all(-1).all(-1) | (min_var < (FLAT_STD_VOXELS * voxel) ** 2)
+    a[flat] = torch.eye(3, dtype=a.dtype, device=device)
     n = means.shape[0]
     # index n is a padding Gaussian: opacity 0, so it contributes nothing
     mu_n = torch.cat([(means - centre) * scale, means.new_zeros(1, 3)])
     a = torch.cat([a, torch.eye(3, dtype=a.dtype, device=device)[None]]).to(torch.float32)
-    opac = torch.cat([opacities[keep].to(torch.float32), opacities.new_zeros(1, dtype=torch.float32)])
+    opac = torch.cat([torch.where(flat, 0.0, opacities[keep].to(torch.float64)).to(torch.float32),
+                      opacities.new_zeros(1, dtype=torch.float32)])
 
     xs = torch.linspace(-1.0, 1.0, resolution, dtype=torch.float64, device=device)
     per = resolution // num_blocks
@@ -206,30 +219,36 @@ def density_grid_from_tensors(
 
 
 def density_grid(
-    model: Any, resolution: int = 128, num_blocks: int = 16, opacity_threshold: float = 0.005
+    model: Any, resolution: int = 128, num_blocks: int = 16, opacity_threshold: float = 0.005,
+    cov_floor_voxels: float = 0.0,
 ) -> tuple[Tensor, Tensor, float]:
     """``density_grid_from_tensors`` for a GaussianModel (means, opacities, covariances())."""
     means, cov, opac = gaussian_tensors(model)
-    return density_grid_from_tensors(means, cov, opac, resolution, num_blocks, opacity_threshold)
+    return density_grid_from_tensors(means, cov, opac, resolution, num_blocks, opacity_threshold,
+                                     cov_floor_voxels=cov_floor_voxels)
 
 
-def marching_cubes(grid: Tensor, centre: Tensor, scale: float, iso: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def marching_cubes(grid: Tensor, centre: Tensor, scale: float, iso: float = 1.0,
+                   pad_grid: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Iso-surface of a [ix, iy, iz] grid over [-1,1]^3 in world coordinates: (v (V,3) float32, f (F,3) int64).
 
-    The grid is padded by one empty voxel on every side so the surface is closed even where the density touches the
-    grid boundary. Faces are oriented outwards (towards lower density).
+    Official (DG ``extract_mesh``): PyMCubes on the float32 grid as it is, so a surface touching the grid boundary
+    stays open there. ``pad_grid=True`` (option) pads one empty voxel on every side, which closes it.
+    Faces are oriented outwards (towards lower density).
     """
     import mcubes
 
     res = grid.shape[0]
-    vol = np.pad(grid.detach().cpu().numpy().astype(np.float64), 1, mode="constant", constant_values=0.0)
+    vol = grid.detach().cpu().numpy()
+    if pad_grid:
+        vol = np.pad(vol, 1, mode="constant", constant_values=0.0)
     v, f = mcubes.marching_cubes(vol, float(iso))
     if len(f) == 0:
         raise NoSurfaceError(
             f"no surface found at iso {iso} (max density {float(grid.max()):.3g}) - the Gaussians are too "
             "transparent/sparse; lower mesh.iso"
         )
-    v = (v - 1.0) / (res - 1) * 2.0 - 1.0
+    v = (v - (1.0 if pad_grid else 0.0)) / (res - 1) * 2.0 - 1.0
     v = v / scale + centre.detach().cpu().numpy().astype(np.float64)
     return v.astype(np.float32), np.asarray(f, dtype=np.int64)
 
@@ -242,12 +261,14 @@ def extract_mesh_from_tensors(
     num_blocks: int = 16,
     opacity_threshold: float = 0.005,
     iso: float = 1.0,
+    cov_floor_voxels: float = 0.0,
+    pad_grid: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grid + marching cubes on plain tensors -> raw (v (V,3) float32, f (F,3) int64); cleanup is its own step."""
     grid, centre, scale = density_grid_from_tensors(
-        means, covariances, opacities, resolution, num_blocks, opacity_threshold
+        means, covariances, opacities, resolution, num_blocks, opacity_threshold, cov_floor_voxels=cov_floor_voxels
     )
-    return marching_cubes(grid, centre, scale, iso)
+    return marching_cubes(grid, centre, scale, iso, pad_grid)
 
 
 def extract_mesh(
@@ -256,13 +277,16 @@ def extract_mesh(
     iso: float = 1.0,
     num_blocks: int = 16,
     opacity_threshold: float = 0.005,
+    cov_floor_voxels: float = 0.0,
+    pad_grid: bool = False,
 ) -> Mesh:
     """Mesh (vertex normals, no UV) of a GaussianModel's iso-surface, on the model's device.
 
     The raw marching-cubes surface: the pipeline runs :func:`cg_lightning.mesh.cleanup.clean_mesh` as its own step.
     """
     means, cov, opac = gaussian_tensors(model)
-    v, f = extract_mesh_from_tensors(means, cov, opac, resolution, num_blocks, opacity_threshold, iso)
+    v, f = extract_mesh_from_tensors(means, cov, opac, resolution, num_blocks, opacity_threshold, iso,
+                                     cov_floor_voxels, pad_grid)
     dev = means.device
     mesh = Mesh(v=torch.from_numpy(v).to(dev), f=torch.from_numpy(f).to(dev))
     return mesh.auto_normals()

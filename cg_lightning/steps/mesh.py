@@ -37,12 +37,13 @@ def extract_textured_mesh(ctx: JobContext):
     m = ctx.cfg.mesh
     gaussians = load_gaussians(ctx)
     raw = extract_mesh(gaussians, resolution=m.resolution, num_blocks=m.num_blocks,
-                       opacity_threshold=m.opacity_threshold, iso=m.iso)
+                       opacity_threshold=m.opacity_threshold, iso=m.iso, cov_floor_voxels=m.cov_floor_voxels,
+                       pad_grid=m.pad_grid)
     v, f = clean_mesh(raw.v.cpu().numpy(), raw.f.cpu().numpy(), remesh=m.remesh, remesh_size=m.remesh_size,
                       max_faces=m.max_faces)
     mesh = unwrap_uv(Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.long)),
-                     texture_size=m.texture_size, padding=m.uv_padding)
-    gaussian_rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian)
+                     texture_size=m.texture_size, padding=m.uv_padding, seam_normals=m.seam_normals)
+    gaussian_rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian, ctx.cfg.get("experiment_name"))
     white = torch.ones(3, device=ctx.device)
 
     @torch.no_grad()
@@ -52,7 +53,8 @@ def extract_textured_mesh(ctx: JobContext):
     return bake_texture(mesh.to(ctx.device), render_rgb, build_mesh_rasterizer(ctx.cfg.renderer.mesh),
                         texture_size=m.texture_size, render_size=m.bake_render_size,
                         view_cos_threshold=m.view_cos_threshold, inpaint_dilation=m.inpaint_dilation,
-                        blend=m.bake_blend)
+                        blend=m.bake_blend, min_resolution=m.bake_min_resolution,
+                        texel_mapping=m.bake_texel_mapping, inpaint=m.inpaint)
 
 
 def run_mesh(ctx: JobContext) -> None:
@@ -65,6 +67,11 @@ def run_mesh(ctx: JobContext) -> None:
     mesh = extract_textured_mesh(ctx)
     write_obj(mesh, ctx.layout.coarse_obj)
     write_glb(mesh, ctx.layout.coarse_glb)
+    if ctx.loggers.run is not None:  # the mesh of stage 1's final Gaussians: at stage 1's last step
+        from cg_lightning.runtime.wandb_media import mesh_object
+
+        ctx.loggers.log_media({"mesh/coarse": mesh_object(ctx.layout.coarse_glb)}, stage="stage1",
+                              step=int(ctx.cfg.stage1.steps))
     seconds = time.perf_counter() - t0
     ctx.record({"time/mesh_s": seconds, "mesh/num_vertices": float(mesh.v.shape[0]),
                 "mesh/num_faces": float(mesh.f.shape[0])})

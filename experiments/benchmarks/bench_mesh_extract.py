@@ -148,7 +148,8 @@ def main() -> None:
 
     rasterizer = build_mesh_rasterizer("auto")
     w0, c0 = time.perf_counter(), time.process_time()
-    baked = bake_texture(mesh, render_rgb, rasterizer, texture_size=args.texture, render_size=args.render)
+    baked = bake_texture(mesh, render_rgb, rasterizer, texture_size=args.texture, render_size=args.render,
+                         min_resolution=min(256, args.texture // 4))
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     t.add("bake (26 views, excl. renders)", wall - render_wall, cpu - render_cpu,
           f"{args.texture}^2 texture, {args.render}^2 views, {rasterizer.name} rasterizer")
