@@ -22,7 +22,7 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 def gaussian_turntable_frames(ctx: JobContext, gaussians, cameras):
     from cg_lightning.render.gaussian import build_gaussian_rasterizer
 
-    rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian)
+    rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian, ctx.cfg.get("experiment_name"))
     white = torch.ones(3, device=ctx.device)
     with torch.no_grad():
         for cam in cameras:

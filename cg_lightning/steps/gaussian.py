@@ -18,7 +18,7 @@ def build_gaussian_stage(ctx: JobContext):
     from cg_lightning.render.gaussian import build_gaussian_rasterizer
 
     reference = ReferenceImage.from_rgba(ctx.reference_rgba, elevation=float(ctx.cfg.elevation))
-    rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian)
+    rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian, ctx.cfg.get("experiment_name"))
     losses = instantiate(ctx.cfg.loss)
     return with_runtime_objects(ctx.cfg.stage1, reference=reference, prior=ctx.prior(), rasterizer=rasterizer,
                                 losses=losses)

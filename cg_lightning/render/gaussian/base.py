@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -20,9 +21,23 @@ __all__ = [
     "build_gaussian_rasterizer",
     "BACKENDS",
     "gaussian_colors",
+    "resolve_backend",
+    "PAPER_EXPERIMENTS",
+    "GSPLAT_DEVIATIONS",
 ]
 
 BACKENDS = ("auto", "torch", "gsplat", "inria")
+AUTO_ORDER = ("inria", "gsplat")  # then torch: the official rasterizer first, gsplat only when it is missing
+PAPER_EXPERIMENTS = frozenset({"full", "paper", "dreamgaussian", "no_sr", "no_qa_triplet", "no_refine"})
+GSPLAT_DEVIATIONS = (
+    "gsplat differs from the official diff-gaussian-rasterization: alpha is clamped at 0.999 (official 0.99) and "
+    "a Gaussian covers its per-axis 3.33-sigma box (official: 3 sigma of its major axis), so faint rims and "
+    "near-opaque pixels render differently; install the official rasterizer with `make install-gpu` "
+    "(README, Deviations from the official code)"
+)
+
+log = logging.getLogger("cg_lightning")
+_warned_gsplat = False
 
 
 @dataclass
@@ -80,17 +95,37 @@ def _cuda_backend_available(name: str) -> bool:
     return True
 
 
-def build_gaussian_rasterizer(backend: str = "auto", **kwargs) -> GaussianRasterizer:
-    """Make a rasterizer: ``torch`` (pure PyTorch, CPU/CUDA), ``gsplat``, ``inria``
-    (diff-gaussian-rasterization).
-
-    ``auto`` picks ``inria``, then ``gsplat`` when CUDA is available and the package imports, else ``torch``.
-    """
+def resolve_backend(backend: str = "auto") -> str:
+    """The concrete backend for a ``renderer.gaussian`` value: ``auto`` prefers the official
+    diff-gaussian-rasterization (``inria``), then ``gsplat``, when CUDA is available and the package imports,
+    else ``torch``."""
     backend = str(backend).lower()
     if backend not in BACKENDS:
         raise ConfigError(f"unknown gaussian rasterizer backend {backend!r}; choose one of {list(BACKENDS)}")
     if backend == "auto":
-        backend = next((b for b in ("inria", "gsplat") if _cuda_backend_available(b)), "torch")
+        backend = next((b for b in AUTO_ORDER if _cuda_backend_available(b)), "torch")
+    return backend
+
+
+def warn_if_deviating(backend: str, experiment: str | None) -> bool:
+    """Log, once per process, what changes when a paper experiment renders with gsplat. True if it warned."""
+    global _warned_gsplat
+    if backend != "gsplat" or experiment not in PAPER_EXPERIMENTS or _warned_gsplat:
+        return False
+    _warned_gsplat = True
+    log.warning("renderer.gaussian=gsplat in paper experiment %r: %s", experiment, GSPLAT_DEVIATIONS)
+    return True
+
+
+def build_gaussian_rasterizer(backend: str = "auto", experiment: str | None = None, **kwargs) -> GaussianRasterizer:
+    """Make a rasterizer: ``torch`` (pure PyTorch, CPU/CUDA), ``gsplat``, ``inria``
+    (diff-gaussian-rasterization); ``auto`` as :func:`resolve_backend`.
+
+    ``experiment`` (the job's ``experiment_name``) only decides whether to warn that gsplat deviates from the
+    official rasterizer in a paper experiment.
+    """
+    backend = resolve_backend(backend)
+    warn_if_deviating(backend, experiment)
     if backend == "torch":
         from cg_lightning.render.gaussian.torch_backend import TorchGaussianRasterizer
 

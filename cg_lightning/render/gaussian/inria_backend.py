@@ -7,6 +7,8 @@ to the (N, 3) ``means2D`` argument, so its ``.grad`` is exactly the kernel's vie
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -32,11 +34,20 @@ def _import_dgr():
 
 
 class InriaRasterizer:
+    """``module`` stands in for ``diff_gaussian_rasterization`` (default: the installed package, which needs
+    CUDA); the CPU tests pass a recorder to check every argument against the official conventions.
+
+    ``campos`` is the true camera centre ``c2w[:3, 3]``, as the torch and gsplat backends use for SH colours.
+    DreamGaussian's ``MiniCam`` passes ``-c2w[:3, 3]`` (a sign slip that only matters for SH degree > 0, which
+    its configs never use).
+    """
+
     name = "inria"
 
-    def __init__(self) -> None:
-        self.dgr = _import_dgr()
-        if not torch.cuda.is_available():
+    def __init__(self, module: Any = None) -> None:
+        self.needs_cuda = module is None
+        self.dgr = _import_dgr() if module is None else module
+        if self.needs_cuda and not torch.cuda.is_available():
             raise CGError(
                 f"renderer backend {self.name!r} needs a CUDA GPU; none is available (use 'torch' or 'auto')"
             )
@@ -45,7 +56,8 @@ class InriaRasterizer:
         self, model: GaussianModel, camera: Camera, bg_color: Tensor, scale_modifier: float = 1.0
     ) -> GaussianRenderOutput:
         means = model.means
-        require_cuda(means, self.name)
+        if self.needs_cuda:
+            require_cuda(means, self.name)
         bg = torch.as_tensor(bg_color, dtype=means.dtype, device=means.device).reshape(3)
         view = camera.world_view_transform.to(means)
         full = camera.full_proj_transform.to(means)
