@@ -187,9 +187,28 @@ def test_pruning_of_world_scale_and_final_prune():
     dc.accumulate(fake_render(m, torch.zeros(4), torch.ones(4)))  # no densification, only pruning
     stats = dc.densify_and_prune(m, opt)
     assert stats == {"cloned": 0, "split": 0, "pruned": 2} and m.num_points == 2
-    # final prune: opacity < 0.01 or max scale > 0.1 (extent 1)
+    # final prune: opacity < 0.01 or max scale > 0.1 (extent 1); statistics were reset by the densification
     assert dc.final_prune(m, opt) == 1 and m.num_points == 1
     assert m.scales.max().item() == pytest.approx(0.02)
+
+
+def test_final_prune_screen_size_term():
+    """Official ``prune(0.01, 1, 1)``: a screen radius above 1 px since the last densification removes a Gaussian;
+    ``max_screen_size=0`` switches both size terms off (3DGS ``if max_screen_size:``)."""
+    m = crafted_model()
+    opt = stepped(m)
+    dc = DensityController()
+    dc.accumulate(fake_render(m, torch.zeros(4), torch.tensor([1.0, 2.0, 0.0, 1.0])))
+    keep_big = m.scales.max(dim=1).values <= 0.1
+    expected = int((~keep_big | (m.opacities[:, 0] < 0.01) | (dc.max_radii2d > 1)).sum())
+    assert float(dc.max_radii2d[1]) == 2.0 and expected >= 1
+    assert expected == 3  # row 1 (scale exactly 0.1, kept by the world-scale term) goes by its 2-px radius
+    assert dc.final_prune(m, opt) == expected
+    m2 = crafted_model()
+    dc2 = DensityController()
+    dc2.accumulate(fake_render(m2, torch.zeros(4), torch.tensor([1.0, 2.0, 0.0, 1.0])))
+    transparent = int((m2.opacities[:, 0] < 0.01).sum())
+    assert dc2.final_prune(m2, None, max_screen_size=0) == transparent == 1
 
 
 def test_schedule_and_opacity_reset():

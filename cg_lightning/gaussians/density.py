@@ -5,9 +5,12 @@ Statistics are buffers so they travel in Lightning checkpoints. Call order per t
 out)`` where ``out`` is the render whose screen-space gradient should count (DG: the last novel-view render of
 the step). The ``means2d`` gradient survives ``zero_grad`` because it is not a parameter.
 
-Faithful quirks: the screen-size prune of 3DGS (``max_radii2D > 1``) is never effective in DG because the
-statistics are reset right before that prune, so it is not applied here (``max_radii2d`` is still tracked);
-the final prune after training uses only opacity and world scale.
+Faithful quirks: inside ``densify_and_prune`` the screen-size prune of 3DGS (``max_radii2D > 1``) is never
+effective in DG because the statistics are reset right before that prune, so it is not applied there. The final
+prune after training (``final_prune``, DG/CG ``prune(min_opacity=0.01, extent=1, max_screen_size=1)``) does use
+the tracked ``max_radii2d``: with a step count that is a multiple of the densification interval the statistics were
+just reset and only opacity and world scale matter, otherwise Gaussians whose screen radius exceeded
+``max_screen_size`` pixels since the last densification are removed too.
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ class DensityController(nn.Module):
         n_split = int(split.sum())
         k = self.split_n
         scales = model.scales[split].repeat(k, 1)
-        noise = torch.randn(scales.shape, device=scales.device, dtype=scales.dtype, generator=self.generator)
+        noise = self.split_noise(scales)
         rots = quat_to_rotmat(model.rotation[split]).repeat(k, 1, 1)
         new = {
             name: t.detach()[split].repeat(k, *([1] * (t.dim() - 1)))
@@ -187,6 +190,11 @@ class DensityController(nn.Module):
         self.resize_(model.num_points)  # 3DGS resets all statistics after densification
         return {"cloned": n_clone, "split": n_split, "pruned": n_pruned}
 
+    def split_noise(self, scales: Tensor) -> Tensor:
+        """Standard normals of ``scales``' shape for the split offsets (``torch.normal(0, std)`` in 3DGS draws
+        ``z * std``); a method so that a test can inject recorded draws."""
+        return torch.randn(scales.shape, device=scales.device, dtype=scales.dtype, generator=self.generator)
+
     @torch.no_grad()
     def reset_opacity(self, model: GaussianModel, optimizer, value: float = 0.01) -> None:
         """Clamp opacities to at most ``value`` and restart their Adam moments (3DGS ``reset_opacity``)."""
@@ -195,10 +203,19 @@ class DensityController(nn.Module):
 
     @torch.no_grad()
     def final_prune(
-        self, model: GaussianModel, optimizer, min_opacity: float = 0.01, max_scale: float = 0.1
+        self, model: GaussianModel, optimizer, min_opacity: float = 0.01, max_scale: float = 0.1,
+        max_screen_size: float = 1.0,
     ) -> int:
-        """After training (DG: extent 1): drop opacity < ``min_opacity`` or max scale > ``max_scale``."""
-        remove = (model.opacities[:, 0] < min_opacity) | (model.scales.max(dim=1).values > max_scale)
+        """After training, 3DGS ``prune(min_opacity, extent, max_screen_size)`` (DG/CG: 0.01, extent 1, 1; here
+        ``max_scale`` = 0.1 * extent): drop opacity < ``min_opacity``, and, when ``max_screen_size`` is non-zero,
+        max screen radius > ``max_screen_size`` pixels or max world scale > ``max_scale`` (official: with
+        ``max_screen_size`` 0 neither size term applies)."""
+        remove = model.opacities[:, 0] < min_opacity
+        if max_screen_size:
+            radii = self.max_radii2d.to(remove.device)
+            if radii.shape[0] != model.num_points:  # no statistics for this model (e.g. loaded from a .ply)
+                radii = torch.zeros(model.num_points, device=remove.device)
+            remove = remove | (radii > max_screen_size) | (model.scales.max(dim=1).values > max_scale)
         n = int(remove.sum())
         self._prune(model, optimizer, remove)
         return n
