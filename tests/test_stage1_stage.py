@@ -138,7 +138,7 @@ def test_contrastive_fit_writes_ply_and_checkpoint(tmp_path):
           if "stage1/qa_triplet/num_pos" in m]
     assert pn and set(pn) == {2.0}
     assert [k for k, _, _ in logger.images] == ["stage1/views", "stage1/guidance"] * 2   # every 3 of 6 steps
-    assert "step 3" in logger.images[0][2]["caption"][0]
+    assert "step 2" in logger.images[0][2]["caption"][0]   # rendered in 0-based step 2 (logged at step 2)
     assert logger.images[1][1][0].shape == (2 * SIZE + 6, 2 * SIZE + 6, 3)               # renders over refined
     grid = logger.images[0][1][0]
     assert grid.dtype == np.uint8 and grid.shape[0] == SIZE + 4 and grid.shape[1] == 4 * (SIZE + 2) + 2

@@ -270,7 +270,10 @@ class GaussianStage(L.LightningModule):
 
     def _log_images(self, step: int, ref_render: Tensor, novel: Tensor, batch: ViewBatch) -> None:
         """Grid ``reference | reference-view render | novel views``; with ``log_guidance_eval`` also the prior's
-        ``refine`` of the novel views (what the guidance pulls them towards). Only for loggers with ``log_image``."""
+        ``refine`` of the novel views (what the guidance pulls them towards). Only for loggers with ``log_image``.
+
+        Logged at ``step`` (the 0-based step whose renders they are, i.e. after ``step`` updates), the step of that
+        step's scalars."""
         loggers = self._image_loggers()
         if not loggers:
             return
@@ -284,18 +287,18 @@ class GaussianStage(L.LightningModule):
         n = novel.shape[0]
         keys, images, captions = ["stage1/views"], [self._to_uint8(torch.cat([self.ref_rgb, ref_render[None],
                                                                               fit(novel)]), 2 + n)], [
-            f"step {step + 1}: reference | reference-view render | {n} novel view(s)"]
+            f"step {step}: reference | reference-view render | {n} novel view(s)"]
         if self.log_guidance_eval and self.prior is not None and hasattr(self.prior, "refine"):
             with torch.no_grad():
                 refined = self.prior.refine(novel, batch.d_elev, batch.d_azim, batch.d_radius,
                                             strength=self.guidance_eval_strength)
             keys.append("stage1/guidance")
             images.append(self._to_uint8(torch.cat([fit(novel), fit(refined.to(novel))]), n))
-            captions.append(f"step {step + 1}: novel views (top) | prior.refine, strength "
+            captions.append(f"step {step}: novel views (top) | prior.refine, strength "
                             f"{self.guidance_eval_strength} (bottom)")
         for lg in loggers:
             for key, image, caption in zip(keys, images, captions, strict=True):
-                lg.log_image(key=key, images=[image], caption=[caption])
+                lg.log_image(key=key, images=[image], caption=[caption], step=step)
 
     def _log_point_cloud(self) -> None:
         try:
@@ -315,7 +318,7 @@ class GaussianStage(L.LightningModule):
             xyz, rgb = xyz[keep], rgb[keep]
         cloud = wandb.Object3D(torch.cat([xyz, rgb], dim=1).numpy())
         for lg in wandb_loggers:
-            lg.experiment.log({"stage1/gaussians": cloud, "trainer/global_step": self.global_step})
+            lg.log_metrics({"stage1/gaussians": cloud}, step=self.global_step)  # after the last update
 
     # ------------------------------------------------------------------------------------------------ the end
     def on_train_end(self) -> None:

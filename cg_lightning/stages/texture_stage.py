@@ -435,6 +435,6 @@ class TextureStage(pl.LightningModule):
         grid = self.image_grid()
         if grid is None:
             return
-        caption = f"step {step + 1}: reference-view render | input | novel render(s) | refined target(s)"
-        for lg in targets:
-            lg.log_image(key=f"{LOG_PREFIX}/views", images=[grid], caption=[caption])
+        caption = f"step {step}: reference-view render | input | novel render(s) | refined target(s)"
+        for lg in targets:  # at the step whose renders these are (the step of that step's scalars)
+            lg.log_image(key=f"{LOG_PREFIX}/views", images=[grid], caption=[caption], step=step)

@@ -63,13 +63,13 @@ def run_export(ctx: JobContext) -> None:
 
 
 def _log_media(ctx: JobContext, videos, glb) -> None:
-    run = ctx.loggers.wandb
-    if run is None:
+    """Each turntable (and the final mesh) at the last step of the stage that made what it shows."""
+    if ctx.loggers.run is None:
         return
-    import wandb
+    from cg_lightning.runtime.wandb_media import mesh_object, video
 
-    payload = {f"{stage}/turntable": wandb.Video(str(path), format="mp4") for stage, path in videos}
-    if glb is not None:
-        payload["stage2/mesh"] = wandb.Object3D(str(glb))
-    if payload:
-        run.experiment.log(payload)
+    for stage, path in videos:
+        payload = {f"{stage}/turntable": video(path)}
+        if stage == "stage2" and glb is not None:
+            payload["stage2/mesh"] = mesh_object(glb)
+        ctx.loggers.log_media(payload, stage=stage, step=int(ctx.cfg[stage].steps))

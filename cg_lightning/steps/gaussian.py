@@ -31,7 +31,8 @@ def run_stage1(ctx: JobContext) -> None:
     t0 = time.perf_counter()
     stage = build_gaussian_stage(ctx)
     trainer = build_trainer(ctx.cfg, stage="stage1", max_steps=stage.steps, output_dir=ctx.output_dir,
-                            device=ctx.device, loggers=ctx.loggers.for_stage("stage1"))
+                            device=ctx.device, loggers=ctx.loggers.for_stage("stage1"),
+                            extra_callbacks=ctx.loggers.callbacks())
     fit_resumable(trainer, stage, output_dir=ctx.output_dir, stage="stage1", resume=ctx.cfg.resume)
     stage.export_ply(ctx.layout.gaussians_ply)
     seconds = time.perf_counter() - t0

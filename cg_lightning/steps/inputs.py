@@ -39,4 +39,5 @@ def prepare_reference(ctx: JobContext) -> np.ndarray:
     seconds = time.perf_counter() - t0
     log.info("input: %s -> %s (%.1f s)", processed.shape[:2], reference.shape[:2], seconds)
     ctx.reference_rgba = reference
+    ctx.loggers.log_input()
     return reference

@@ -29,7 +29,8 @@ def run_stage2(ctx: JobContext) -> None:
     stage = with_runtime_objects(ctx.cfg.stage2, mesh=Mesh.load(coarse), reference=reference, prior=ctx.prior(),
                                  rasterizer=build_mesh_rasterizer(ctx.cfg.renderer.mesh))
     trainer = build_trainer(ctx.cfg, stage="stage2", max_steps=stage.steps, output_dir=ctx.output_dir,
-                            device=ctx.device, loggers=ctx.loggers.for_stage("stage2"))
+                            device=ctx.device, loggers=ctx.loggers.for_stage("stage2"),
+                            extra_callbacks=ctx.loggers.callbacks())
     fit_resumable(trainer, stage, output_dir=ctx.output_dir, stage="stage2", resume=ctx.cfg.resume)
     mesh = stage.export_mesh()
     write_obj(mesh, ctx.layout.model_obj)
