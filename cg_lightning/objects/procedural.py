@@ -135,9 +135,11 @@ OBJECTS: dict[str, Callable[[], Mesh]] = {"box": make_box, "sphere": make_sphere
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-def render_reference(mesh: Mesh, size: int = 256, ssaa: int = 4) -> np.ndarray:
-    """Front view as (size,size,4) uint8 RGBA with a transparent background (straight, not premultiplied, colour)."""
-    cam = orbit(REFERENCE_VIEW["elevation_deg"], REFERENCE_VIEW["azimuth_deg"], REFERENCE_VIEW["radius"],
+def render_reference(mesh: Mesh, size: int = 256, ssaa: int = 4,
+                     elevation_deg: float = REFERENCE_VIEW["elevation_deg"]) -> np.ndarray:
+    """Front view (azimuth 0, at ``elevation_deg``) as (size,size,4) uint8 RGBA with a transparent background
+    (straight, not premultiplied, colour)."""
+    cam = orbit(float(elevation_deg), REFERENCE_VIEW["azimuth_deg"], REFERENCE_VIEW["radius"],
                 REFERENCE_VIEW["fovy_deg"], size, size)
     out = render_mesh(mesh, cam, TorchMeshRasterizer(), 0.0, ssaa=float(ssaa))
     alpha = out.alpha.clamp(0, 1)
