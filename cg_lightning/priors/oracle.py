@@ -78,9 +78,7 @@ class OraclePrior:
         device = torch.device(device)
         if self.mesh is not None and self.device == device:
             return
-        if self.mesh_path is None:
-            self.mesh_path = find_ground_truth_mesh(self.image)
-        mesh = self.mesh if self.mesh is not None else Mesh.load(self.mesh_path)
+        mesh = self.mesh if self.mesh is not None else Mesh.load(self.ground_truth_path())
         self.mesh = mesh.to(device)
         self.device = device
         if self.rasterizer is None:
@@ -92,18 +90,30 @@ class OraclePrior:
             self.setup(image.device)
         self.ref_elevation = float(elevation_deg)
 
+    def ground_truth_path(self) -> Path:
+        """The true mesh's file: what the evaluation's ground-truth metrics compare the outputs with."""
+        if self.mesh_path is None:
+            self.mesh_path = find_ground_truth_mesh(self.image)
+        return self.mesh_path
+
     # ------------------------------------------------------------------ rendering
+    @torch.no_grad()
+    def render_absolute(self, elevation_deg: float, azimuth_deg: float, radius: float) -> tuple[Tensor, Tensor]:
+        """True render (3,r,r) over the background and its coverage (1,r,r) at an absolute orbit camera."""
+        if self.mesh is None or self.rasterizer is None:
+            raise RuntimeError("OraclePrior.setup(device) must be called first")
+        cam = orbit(elevation_deg, azimuth_deg, radius, self.fovy_deg, self.resolution, self.resolution)
+        out = render_mesh(self.mesh, cam, self.rasterizer, self.background, ssaa=self.ssaa)
+        return out.image, out.alpha
+
     @torch.no_grad()
     def render_views(self, d_elev: Tensor, d_azim: Tensor, d_radius: Tensor) -> Tensor:
         """True renders (B,3,r,r) at the relative views."""
         if self.mesh is None or self.rasterizer is None:
             raise RuntimeError("OraclePrior.setup(device) must be called first")
         n = check_relative_views(d_elev, d_azim, d_radius)
-        out = []
-        for i in range(n):
-            cam = orbit(self.ref_elevation + float(d_elev[i]), float(d_azim[i]), self.radius + float(d_radius[i]),
-                        self.fovy_deg, self.resolution, self.resolution)
-            out.append(render_mesh(self.mesh, cam, self.rasterizer, self.background, ssaa=self.ssaa).image)
+        out = [self.render_absolute(self.ref_elevation + float(d_elev[i]), float(d_azim[i]),
+                                    self.radius + float(d_radius[i]))[0] for i in range(n)]
         return torch.stack(out)
 
     def _resize(self, images: Tensor) -> Tensor:
