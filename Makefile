@@ -4,9 +4,11 @@ VENV ?= .venv
 PIP_TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST ?= $(PYTHON) -m pytest
 IMAGE ?= experiments/data/box/box_rgba.png
+# DreamGaussian's fork of diff-gaussian-rasterization (the official rasterizer; `auto` prefers it) and nvdiffrast
+GPU_RASTERIZERS ?= git+https://github.com/ashawkey/diff-gaussian-rasterization git+https://github.com/NVlabs/nvdiffrast
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu test test-full test-gpu lint format demo smoke weights bench clean clean-outputs
+.PHONY: help install install-gpu test test-full test-gpu gpu-check lint format demo smoke weights bench clean clean-outputs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -16,9 +18,9 @@ install: ## Install the project with CPU-capable torch, dev and sweep extras (pi
 	$(PYTHON) -m pip install -e ".[dev,sweep]"
 	$(PYTHON) -c "import rembg"   # first import JIT-compiles pymatting with numba (~30 s, cached afterwards)
 
-install-gpu: ## Install on a CUDA box (torch matching your driver first), with the CUDA rasterizers
+install-gpu: ## Install on a CUDA box (torch matching your driver first): gsplat, the official rasterizer, nvdiffrast
 	$(PYTHON) -m pip install -e ".[cuda,sweep,dev]"
-	@echo "Optional: pip install git+https://github.com/ashawkey/diff-gaussian-rasterization git+https://github.com/NVlabs/nvdiffrast"
+	$(PYTHON) -m pip install --no-build-isolation $(GPU_RASTERIZERS)
 
 test: ## Fast CPU test suite (what CI runs)
 	$(PYTEST) -m "not slow and not gpu" -q
@@ -26,8 +28,11 @@ test: ## Fast CPU test suite (what CI runs)
 test-full: ## All CPU tests including slow ones
 	$(PYTEST) -m "not gpu" -q
 
-test-gpu: ## GPU-only tests (CUDA rasterizers vs torch, fp16 prior)
+test-gpu: ## GPU-only tests: each CUDA backend against the torch one on the same scenes, fp16 prior
 	$(PYTEST) -m gpu -q
+
+gpu-check: ## On a CUDA box: environment, test-gpu, GPU benchmarks, a full run; writes outputs/gpu_check/gpu_check_report.md
+	$(PYTHON) experiments/gpu_check.py
 
 lint: ## Ruff lint
 	$(PYTHON) -m ruff check cg_lightning tests experiments launch.py
