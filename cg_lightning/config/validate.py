@@ -4,7 +4,7 @@ Checks Hydra cannot do at compose time:
 - ``_target_`` nodes: keys are matched against the target's constructor signature, so ``stage1.stpes=10`` (added with
   ``+`` or written in a YAML) fails before training instead of deep inside ``instantiate``; scalar values are checked
   against the parameter's annotation when it is ``int``, ``float`` or ``bool`` (optionally ``| None``), so
-  ``stage1.steps=abc`` fails here too;
+  ``stage1.steps=abc`` fails here too, and against the choices of a ``Literal[...]`` annotation;
 - value ranges (:data:`RANGES`): the top-level keys, the plain ``mesh`` / ``evaluation`` / ``callbacks`` groups (no
   constructor to check them), and the stage/loss keys whose component is only built late in the run (a bad
   ``stage2.steps`` must not surface after an hour of stage 1).
@@ -101,6 +101,12 @@ def _check_types(node: DictConfig, sig: inspect.Signature, path: str) -> None:
             continue
         simple = _simple_type(param.annotation)
         value = _scalar(node, name)
+        if value is not _ABSENT and typing.get_origin(param.annotation) is typing.Literal:
+            allowed = typing.get_args(param.annotation)
+            if value not in allowed:
+                raise ConfigError(f"{path + '.' if path else ''}{name}={value!r}: expected one of "
+                                  f"{', '.join(map(str, allowed))}")
+            continue
         if simple is None or value is _ABSENT:
             continue
         kind, optional = simple

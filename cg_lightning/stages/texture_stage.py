@@ -5,21 +5,25 @@ the checkpoint: the texture as logits (``raw_albedo = logit(albedo)``, so any Ad
 with ``train_geo``, per-vertex offsets. The mesh itself is stored as buffers so a stage-2 checkpoint is a complete
 textured mesh (export needs nothing else). The prior and the rasterizer are plain attributes and never enter it.
 
-Per step, with ``r`` the training progress and one random render scale ``ssaa`` (shared by all renders of the step):
+Per step, with ``r`` the training progress and a random render scale ``ssaa`` drawn for every render (DG/CG stage 2;
+``ssaa_per: step`` shares one per step):
 - reference view (front camera at the input's elevation, ``ref_size``): MSE between render and input, both multiplied
   by the mask ``alpha > 0 & viewcos > 0.5`` (only texels the input actually shows well);
 - ``batch_size`` novel views (stage 1's sampler): ``refined = prior.refine(render, d_elev, d_azim, d_radius,
   strength = 0.8 + 0.15 r)`` without grad, bilinearly resized to the render size; MSE(render, refined).
-Renders rasterize at ``ceil8(size * ssaa)`` and are resized back, so the texture is fitted across mip levels.
+Renders rasterize at ``ceil8(size * ssaa)`` and are resized back, so the texture is fitted across mip levels. As in
+DG's mesh renderer, the texture *logits* are mip-filtered and the sigmoid applied after, the colour is antialiased and
+composited with the binary coverage, and the resize back is DG's plain bilinear (``texture_filter_space``,
+``silhouette`` and ``ssaa_resize`` switch to the smoother variants, see ``render_mesh``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -48,11 +52,20 @@ def albedo_to_logits(albedo: Tensor) -> Tensor:
     return torch.logit(albedo.float().clamp(_LOGIT_EPS, 1.0 - _LOGIT_EPS))
 
 
+FILTER_SPACES = ("logits", "albedo")
+SSAA_PER = ("render", "step")
+
+
+def sample_ssaa_scales(seed: int, step: int, count: int, low: float = 0.125, high: float = 2.0) -> list[float]:
+    """``count`` of DreamGaussian's random render scales ``clamp(2 U[0,1), low, high)``, one per render of a step,
+    a pure function of ``(seed, step)`` so a resumed run draws the same scales as an uninterrupted one."""
+    u = np.random.default_rng([int(seed), int(step), 0x55AA]).random(int(count))
+    return [min(high, max(low, 2.0 * float(x))) for x in u]
+
+
 def sample_ssaa(seed: int, step: int, low: float = 0.125, high: float = 2.0) -> float:
-    """DreamGaussian's random render scale ``clamp(2 U[0,1), low, high)``, a pure function of ``(seed, step)``
-    so a resumed run draws the same scales as an uninterrupted one."""
-    u = float(np.random.default_rng([int(seed), int(step), 0x55AA]).random())
-    return min(high, max(low, 2.0 * u))
+    """The first scale of :func:`sample_ssaa_scales` (the one ``ssaa_per: step`` shares between all renders)."""
+    return sample_ssaa_scales(seed, step, 1, low, high)[0]
 
 
 @dataclass
@@ -138,6 +151,13 @@ class TextureStage(pl.LightningModule):
         strength: refine strength schedule (DG: ``0.8 + 0.15 r`` = ``LinearRamp(0.8, 0.95)``).
         refine_steps: DDIM steps of the prior's refine schedule (DG 50; the strength picks the start index).
         random_ssaa / ssaa_min / ssaa_max: random render scale ``clamp(2 U, min, max)``; off -> always 1.
+        ssaa_per: ``render`` (DG: a new scale for the reference render and for each novel view) or ``step`` (one
+            scale shared by all renders of a step).
+        ssaa_resize: ``bilinear`` (DG) or ``antialiased``: how a render at another scale is resized back.
+        texture_filter_space: ``logits`` (DG: mip-filter the logits, then the sigmoid) or ``albedo`` (filter
+            ``sigmoid(logits)``).
+        silhouette: ``binary`` (DG: antialiased colour, binary coverage alpha; the reference mask uses it) or
+            ``antialiased`` (colour and coverage antialiased together, composited by the fractional alpha).
         max_nonfinite_steps: consecutive steps with a NaN/inf loss or gradient tolerated (skipped) before
             :class:`NonFiniteError` stops the run.
         log_images_every_n_steps: image grids to loggers that have ``log_image`` (0 disables).
@@ -150,7 +170,10 @@ class TextureStage(pl.LightningModule):
                  fovy_deg: float = 49.1, radius: float = 2.0, ref_weight: float | Schedule = 1.0,
                  refine_weight: float | Schedule = 1.0, strength: float | Schedule | None = None,
                  refine_steps: int = 50, random_ssaa: bool = True, ssaa_min: float = 0.125, ssaa_max: float = 2.0,
-                 viewcos_threshold: float = 0.5, max_nonfinite_steps: int = 5, log_images_every_n_steps: int = 25,
+                 ssaa_per: Literal["render", "step"] = "render",
+                 ssaa_resize: Literal["bilinear", "antialiased"] = "bilinear",
+                 texture_filter_space: Literal["logits", "albedo"] = "logits",
+                 silhouette: Literal["binary", "antialiased"] = "binary", viewcos_threshold: float = 0.5, max_nonfinite_steps: int = 5, log_images_every_n_steps: int = 25,
                  seed: int = 0) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -163,6 +186,13 @@ class TextureStage(pl.LightningModule):
             raise ConfigError(f"stage2.ref_size must be >= 8, got {ref_size}")
         if not 0 < ssaa_min <= ssaa_max:
             raise ConfigError(f"stage2 needs 0 < ssaa_min <= ssaa_max, got {ssaa_min}, {ssaa_max}")
+        if ssaa_per not in SSAA_PER:
+            raise ConfigError(f"stage2.ssaa_per={ssaa_per!r}; expected one of {SSAA_PER}")
+        if texture_filter_space not in FILTER_SPACES:
+            raise ConfigError(f"stage2.texture_filter_space={texture_filter_space!r}; expected one of {FILTER_SPACES}")
+        from cg_lightning.render.mesh.render import check_render_options
+
+        check_render_options("none", silhouette, ssaa_resize)
         if max_nonfinite_steps < 1:
             raise ConfigError(f"stage2.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         if mesh.vt is None:
@@ -176,6 +206,8 @@ class TextureStage(pl.LightningModule):
         self.fovy_deg, self.radius = float(fovy_deg), float(radius)
         self.refine_steps = int(refine_steps)
         self.random_ssaa, self.ssaa_min, self.ssaa_max = bool(random_ssaa), float(ssaa_min), float(ssaa_max)
+        self.ssaa_per, self.ssaa_resize = str(ssaa_per), str(ssaa_resize)
+        self.texture_filter_space, self.silhouette = str(texture_filter_space), str(silhouette)
         self.viewcos_threshold = float(viewcos_threshold)
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.log_images_every_n_steps = int(log_images_every_n_steps)
@@ -268,17 +300,27 @@ class TextureStage(pl.LightningModule):
         s = int(size or self.ref_size)
         return orbit(self.reference.elevation, 0.0, self.radius, fovy_deg=self.fovy_deg, width=s, height=s)
 
-    def render(self, cameras: list[Camera], ssaa: float = 1.0, mesh: Mesh | None = None,
-               albedo: Tensor | None = None) -> RenderResult:
-        """Render ``cameras`` on white with mip-mapped ``albedo`` (default: the current texture); ``ssaa`` rasterises
-        at ``ceil8(size * ssaa)`` and resizes back (render_mesh does both)."""
+    def render(self, cameras: list[Camera], ssaa: float | Sequence[float] = 1.0, mesh: Mesh | None = None,
+               raw_albedo: Tensor | None = None) -> RenderResult:
+        """Render ``cameras`` on white with the mip-mapped texture ``raw_albedo`` (logits; default: the current
+        parameter). ``ssaa``: one scale for all cameras or one per camera; each render rasterises at
+        ``ceil8(size * ssaa)`` and is resized back (render_mesh does both)."""
         from cg_lightning.render.mesh import render_mesh
 
         mesh = mesh if mesh is not None else self.current_mesh()
-        albedo = albedo if albedo is not None else self.albedo
+        raw = raw_albedo if raw_albedo is not None else self.raw_albedo
+        scales = [float(ssaa)] * len(cameras) if isinstance(ssaa, int | float) else [float(x) for x in ssaa]
+        if len(scales) != len(cameras):
+            raise ValueError(f"render: {len(scales)} render scales for {len(cameras)} cameras")
+        if self.texture_filter_space == "logits":
+            texture, activation = raw, "sigmoid"
+        else:
+            texture, activation = torch.sigmoid(raw), "none"
         white = torch.ones(3, device=self.v.device)
-        outs = [render_mesh(mesh, cam.to(self.v.device), self.rasterizer, white, albedo=albedo,
-                            filter_mode="linear-mipmap-linear", ssaa=ssaa) for cam in cameras]
+        outs = [render_mesh(mesh, cam.to(self.v.device), self.rasterizer, white, albedo=texture,
+                            filter_mode="linear-mipmap-linear", ssaa=s, texture_activation=activation,
+                            silhouette=self.silhouette, resize=self.ssaa_resize)
+                for cam, s in zip(cameras, scales, strict=True)]
         return RenderResult(torch.stack([o.image for o in outs]), torch.stack([o.alpha for o in outs]),
                             torch.stack([o.viewcos for o in outs]))
 
@@ -327,20 +369,25 @@ class TextureStage(pl.LightningModule):
             raise ConfigError(f"stage2 checkpoint has unexpected entries {extra}; set resume=never")
 
     # ------------------------------------------------------------------------------------------ the step
-    def _ssaa(self, step: int) -> float:
-        return sample_ssaa(self.seed, step, self.ssaa_min, self.ssaa_max) if self.random_ssaa else 1.0
+    def render_scales(self, step: int, count: int) -> list[float]:
+        """The render scales of the ``count`` renders of ``step`` (reference first, then the novel views)."""
+        if not self.random_ssaa:
+            return [1.0] * count
+        if self.ssaa_per == "step":
+            return [sample_ssaa(self.seed, step, self.ssaa_min, self.ssaa_max)] * count
+        return sample_ssaa_scales(self.seed, step, count, self.ssaa_min, self.ssaa_max)
 
     def compute_losses(self, batch: ViewBatch) -> tuple[Tensor, dict[str, float], dict[str, LossOutput]]:
         """Render, refine and evaluate every loss of one step; returns (total, scalar logs, per-term outputs)."""
         step = int(batch.step)
-        ssaa = self._ssaa(step)
-        mesh, albedo = self.current_mesh(), self.albedo
-        ref = self.render([self.reference_camera()], ssaa, mesh, albedo)
+        cams = batch.cameras(self.fovy_deg)
+        scales = self.render_scales(step, 1 + len(cams))
+        mesh = self.current_mesh()
+        ref = self.render([self.reference_camera()], scales[:1], mesh)
         ref_valid = (ref.alpha > 0) & (ref.viewcos > self.viewcos_threshold)
         ref_target = self.reference.rgb_at(self.ref_size).to(self.device)
 
-        cams = batch.cameras(self.fovy_deg)
-        novel = self.render(cams, ssaa, mesh, albedo)
+        novel = self.render(cams, scales[1:], mesh)
         r = step_ratio(step, self.steps)
         strength = float(self.strength(step, self.steps))
         refined = None
@@ -355,7 +402,7 @@ class TextureStage(pl.LightningModule):
         outputs = {name: term(ctx) for name, term in self.losses.items()}
         weighted = [o.weighted for o in outputs.values() if o.weighted is not None]
         total = torch.stack(weighted).sum() if weighted else self.raw_albedo.sum() * 0.0
-        logs: dict[str, float] = {"ssaa": ssaa, "strength": strength, "ratio": r,
+        logs: dict[str, float] = {"ssaa": float(np.mean(scales)), "strength": strength, "ratio": r,
                                   "render_resolution": float(batch.resolution)}
         for name, o in outputs.items():
             logs[f"weight/{name}"] = o.weight

@@ -10,10 +10,15 @@ Shared formats (identical in every backend, so outputs can be mixed):
   ``((2j+1)/W - 1, (2i+1)/H - 1)``; with the row-flipped ``Camera.proj_gl``, row 0 is the top of the image.
 - ``texture`` sampling: ``uv`` in [0,1] (``u`` -> column, ``v`` -> row 0 first), texel centres at ``(i + 0.5)/size``,
   ``boundary_mode`` ``"wrap"`` (default, like nvdiffrast) or ``"clamp"``.
-- Mip level for ``"linear-mipmap-linear"``: ``lambda = log2(max(|d(uv*size)/dx|, |d(uv*size)/dy|)) + mip_level_bias``,
-  the derivatives coming from ``uv_da`` (B,H,W,4) = (du/dx, du/dy, dv/dx, dv/dy) per pixel. When ``uv_da`` is not
-  given it is estimated from ``uv`` itself by :func:`estimate_uv_da` (finite differences between neighbouring pixels,
-  taking the smaller one-sided difference so UV seams and silhouettes do not blur).
+- ``rasterize(..., with_db=True)`` also returns ``rast_db`` (B,H,W,4) = (du/dX, du/dY, dv/dX, dv/dY): the exact
+  screen-space derivatives of the barycentrics ``u, v`` in pixel units (X = column, Y = row), and
+  ``interpolate(..., rast_db=rast_db)`` then also returns the attribute derivatives (B,H,W,2C) = per attribute
+  (d/dX, d/dY): nvdiffrast's ``interpolate(..., rast_db=rast_db, diff_attrs='all')``. For ``uv`` that is ``uv_da``.
+- Mip level for ``"linear-mipmap-linear"`` (nvdiffrast's ``calculateMipLevel``): with ``J`` the Jacobian of
+  ``uv * size`` w.r.t. the pixel (from ``uv_da``), ``lambda = 0.5 log2(major axis^2 of the footprint ellipse of J)
+  + mip_level_bias``, clamped to [0, number of levels - 1]. When ``uv_da`` is not given it is estimated from ``uv``
+  itself by :func:`estimate_uv_da` (finite differences between neighbouring pixels, taking the smaller one-sided
+  difference so UV seams and silhouettes do not blur); ``render_mesh`` always passes the exact derivatives.
 """
 
 from __future__ import annotations
@@ -35,12 +40,16 @@ class MeshRasterizer(Protocol):
 
     name: str
 
-    def rasterize(self, pos_clip: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
-        """(B,H,W,4) ``[u, v, z/w, tri_id + 1]``; differentiable w.r.t. ``pos_clip`` through ``u, v, z/w``."""
+    def rasterize(self, pos_clip: Tensor, tri: Tensor, resolution: tuple[int, int], *,
+                  with_db: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(B,H,W,4) ``[u, v, z/w, tri_id + 1]``; differentiable w.r.t. ``pos_clip`` through ``u, v, z/w``.
+        ``with_db``: returns ``(rast, rast_db)``, ``rast_db`` the barycentric pixel derivatives (0 off-mesh)."""
         ...
 
-    def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
-        """Per-pixel barycentric interpolation of vertex attributes (B,V,C) or (V,C) -> (B,H,W,C); 0 off-mesh."""
+    def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor, *,
+                    rast_db: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Per-pixel barycentric interpolation of vertex attributes (B,V,C) or (V,C) -> (B,H,W,C); 0 off-mesh.
+        With ``rast_db``: returns ``(out, out_da)``, ``out_da`` (B,H,W,2C) the pixel derivatives of every attribute."""
         ...
 
     def texture(self, tex: Tensor, uv: Tensor, filter_mode: str = "linear", uv_da: Tensor | None = None,
@@ -96,13 +105,23 @@ def estimate_uv_da(uv: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 def mip_level_from_uv_da(uv_da: Tensor, tex_hw: tuple[int, int]) -> Tensor:
-    """Continuous mip level (B,H,W) = log2 of the larger texel footprint along screen x / y, clamped at 0."""
+    """Continuous mip level (B,H,W), clamped at 0: nvdiffrast's ``calculateMipLevel``.
+
+    The texel-space Jacobian ``J = [[ds/dX, ds/dY], [dt/dX, dt/dY]]`` (``s = u * width``, ``t = v * height``) maps the
+    pixel to an ellipse; the level is ``log2`` of its major semi-axis, ``0.5 log2(l2b + sqrt(l2n))`` with
+    ``A = |J e_x|^2, B = |J e_y|^2, C = (J e_x).(J e_y)``, ``l2b = (A + B)/2``, ``l2n = (A - B)^2/4 + C^2``. That is
+    the largest singular value of ``J``: at least the longer of the two column lengths, more when they are skewed.
+    """
     th, tw = tex_hw
     dudx, dudy, dvdx, dvdy = uv_da.unbind(-1)
-    rho_x = torch.sqrt((dudx * tw) ** 2 + (dvdx * th) ** 2)
-    rho_y = torch.sqrt((dudy * tw) ** 2 + (dvdy * th) ** 2)
-    rho = torch.maximum(rho_x, rho_y).clamp_min(1e-12)
-    return torch.log2(rho).clamp_min(0.0)
+    dsdx, dsdy, dtdx, dtdy = dudx * tw, dudy * tw, dvdx * th, dvdy * th
+    a = dsdx * dsdx + dtdx * dtdx
+    b = dsdy * dsdy + dtdy * dtdy
+    c = dsdx * dsdy + dtdx * dtdy
+    l2b = 0.5 * (a + b)
+    l2a = torch.sqrt(0.25 * (a - b) ** 2 + c * c)
+    major_sqr = (l2b + l2a).clamp_min(1e-30)
+    return (0.5 * torch.log2(major_sqr)).clamp_min(0.0)
 
 
 def cuda_nvdiffrast_available() -> bool:

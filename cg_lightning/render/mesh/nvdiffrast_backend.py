@@ -51,22 +51,28 @@ class NvdiffrastMeshRasterizer:
             self._contexts[device] = dr.RasterizeCudaContext(device=device)
         return self._contexts[device]
 
-    def rasterize(self, pos_clip: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
+    def rasterize(self, pos_clip: Tensor, tri: Tensor, resolution: tuple[int, int], *,
+                  with_db: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         if (fb := self._fallback(pos_clip)) is not None:
-            return fb.rasterize(pos_clip, tri, resolution)
+            return fb.rasterize(pos_clip, tri, resolution, with_db=with_db)
         dr = _import_dr()
-        rast, _ = dr.rasterize(self._context(pos_clip.device), pos_clip.float().contiguous(),
-                               tri.to(device=pos_clip.device, dtype=torch.int32).contiguous(),
-                               (int(resolution[0]), int(resolution[1])))
-        return rast
+        rast, rast_db = dr.rasterize(self._context(pos_clip.device), pos_clip.float().contiguous(),
+                                     tri.to(device=pos_clip.device, dtype=torch.int32).contiguous(),
+                                     (int(resolution[0]), int(resolution[1])))
+        return (rast, rast_db) if with_db else rast
 
-    def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
+    def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor, *,
+                    rast_db: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         if (fb := self._fallback(rast)) is not None:
-            return fb.interpolate(attr, rast, tri)
+            return fb.interpolate(attr, rast, tri, rast_db=rast_db)
         dr = _import_dr()
-        out, _ = dr.interpolate(attr.float().contiguous(), rast.contiguous(),
-                                tri.to(device=rast.device, dtype=torch.int32).contiguous())
-        return out
+        tri32 = tri.to(device=rast.device, dtype=torch.int32).contiguous()
+        if rast_db is None:
+            out, _ = dr.interpolate(attr.float().contiguous(), rast.contiguous(), tri32)
+            return out
+        # exact pixel derivatives of every attribute (DreamGaussian's texc_db for the mip level)
+        return dr.interpolate(attr.float().contiguous(), rast.contiguous(), tri32, rast_db=rast_db.contiguous(),
+                              diff_attrs="all")
 
     def texture(self, tex: Tensor, uv: Tensor, filter_mode: str = "linear", uv_da: Tensor | None = None,
                 mip_level_bias: Tensor | None = None, max_mip_level: int | None = None,

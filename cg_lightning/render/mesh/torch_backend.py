@@ -71,7 +71,8 @@ class TorchMeshRasterizer:
         self.max_candidates = int(max_candidates)
 
     # ------------------------------------------------------------------ rasterize
-    def rasterize(self, pos_clip: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
+    def rasterize(self, pos_clip: Tensor, tri: Tensor, resolution: tuple[int, int], *,
+                  with_db: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         pos, tri = _check_inputs(pos_clip, tri)
         h, w = int(resolution[0]), int(resolution[1])
         b = pos.shape[0]
@@ -83,12 +84,23 @@ class TorchMeshRasterizer:
         px = _pixel_ndc(rem % w, w, pos.dtype)
         py = _pixel_ndc(rem // w, h, pos.dtype)
         corners = pos[bi[:, None], tri[face]]  # (N,3,4), differentiable
-        e = _edge_values(_edge_coefficients(corners), px, py)
-        bary = e / e.sum(-1, keepdim=True)
+        coef = _edge_coefficients(corners)
+        e = _edge_values(coef, px, py)
+        e_sum = e.sum(-1, keepdim=True)
+        bary = e / e_sum
         zw = (e * corners[..., 2]).sum(-1) / (e * corners[..., 3]).sum(-1)
         vals = torch.stack([bary[:, 0], bary[:, 1], zw, (face + 1).to(pos.dtype)], -1)
-        rast = pos.new_zeros(b * h * w, 4).index_put((pix,), vals)
-        return rast.view(b, h, w, 4)
+        rast = pos.new_zeros(b * h * w, 4).index_put((pix,), vals).view(b, h, w, 4)
+        if not with_db:
+            return rast
+        # b_i = e_i / sum(e) with e_i linear in (px, py): db_i/dpx = (A_i - b_i sum(A)) / sum(e), and one pixel step
+        # is 2/W in px (2/H in py). This is the quotient rule nvdiffrast's rasterizer evaluates per pixel.
+        da_dx, da_dy = coef[..., 0], coef[..., 1]  # (N,3) edge-function slopes
+        db_dx = (da_dx[:, :2] - bary[:, :2] * da_dx.sum(-1, keepdim=True)) / e_sum * (2.0 / w)
+        db_dy = (da_dy[:, :2] - bary[:, :2] * da_dy.sum(-1, keepdim=True)) / e_sum * (2.0 / h)
+        db = torch.stack([db_dx[:, 0], db_dy[:, 0], db_dx[:, 1], db_dy[:, 1]], -1)
+        rast_db = pos.new_zeros(b * h * w, 4).index_put((pix,), db).view(b, h, w, 4)
+        return rast, rast_db
 
     def _zbuffer(self, pos: Tensor, tri: Tensor, h: int, w: int) -> Tensor:
         """Packed (depth, face) key of the nearest covering triangle per pixel, flat (B*H*W,); _EMPTY = none.
@@ -189,12 +201,15 @@ class TorchMeshRasterizer:
         keys.scatter_reduce_(0, idx, key, reduce="amin")
 
     # ------------------------------------------------------------------ interpolate
-    def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
+    def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor, *,
+                    rast_db: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         b, h, w, _ = rast.shape
         if attr.ndim == 2:
             attr = attr.unsqueeze(0)
         if attr.ndim != 3 or attr.shape[0] not in (1, b):
             raise CGError(f"attr must be (V,C) or (B,V,C) with B={b}, got {tuple(attr.shape)}")
+        if rast_db is not None and tuple(rast_db.shape) != tuple(rast.shape):
+            raise CGError(f"rast_db must have the shape of rast {tuple(rast.shape)}, got {tuple(rast_db.shape)}")
         tri = tri.to(device=rast.device, dtype=torch.long)
         nv, nc = attr.shape[1], attr.shape[2]
         flat = rast.reshape(-1, 4)
@@ -206,8 +221,17 @@ class TorchMeshRasterizer:
         values = attr.reshape(-1, nc)[corner]  # (N,3,C)
         u, v = sel[:, 0:1].to(values.dtype), sel[:, 1:2].to(values.dtype)
         vals = values[:, 0] * u + values[:, 1] * v + values[:, 2] * (1 - u - v)
-        out = values.new_zeros(b * h * w, nc).index_put((pix,), vals)
-        return out.view(b, h, w, nc)
+        out = values.new_zeros(b * h * w, nc).index_put((pix,), vals).view(b, h, w, nc)
+        if rast_db is None:
+            return out
+        # d attr = (a0 - a2) du + (a1 - a2) dv, per screen axis; layout (d/dX, d/dY) per attribute, like nvdiffrast
+        db = rast_db.reshape(-1, 4)[pix].to(values.dtype)  # (N,4) du/dX, du/dY, dv/dX, dv/dY
+        d_u, d_v = values[:, 0] - values[:, 2], values[:, 1] - values[:, 2]  # (N,C)
+        dx = d_u * db[:, 0:1] + d_v * db[:, 2:3]
+        dy = d_u * db[:, 1:2] + d_v * db[:, 3:4]
+        da = torch.stack([dx, dy], -1).reshape(-1, 2 * nc)
+        out_da = values.new_zeros(b * h * w, 2 * nc).index_put((pix,), da).view(b, h, w, 2 * nc)
+        return out, out_da
 
     # ------------------------------------------------------------------ texture
     def texture(self, tex: Tensor, uv: Tensor, filter_mode: str = "linear", uv_da: Tensor | None = None,
