@@ -48,7 +48,8 @@ class RecordingDGR:
                 s = self.settings
                 means2d = kwargs["means2D"]
                 image = s.bg[:, None, None].expand(3, s.image_height, s.image_width) + 1e-3 * (
-                    means2d[:, 0].sum() + 2.0 * means2d[:, 1].sum() + 3.0 * means2d[:, 2].sum())
+                    means2d[:, 0].sum() + 2.0 * means2d[:, 1].sum() + 3.0 * means2d[:, 2].sum()
+                )
                 radii = torch.ones(means2d.shape[0], dtype=torch.int32)
                 depth = torch.zeros(1, s.image_height, s.image_width)
                 alpha = torch.zeros(1, s.image_height, s.image_width)
@@ -78,7 +79,9 @@ def test_inria_arguments_follow_the_official_conventions(golden, pose, intr):
     s = call["settings"]
     # row-vector matrices exactly as MiniCam builds them (tolerances: the golden README's float32 figures)
     np.testing.assert_allclose(s.viewmatrix.numpy(), golden["world_view_transform"][pose], atol=2e-7, rtol=0)
-    np.testing.assert_allclose(s.projmatrix.numpy(), golden["full_proj_transform"][pose, intr], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        s.projmatrix.numpy(), golden["full_proj_transform"][pose, intr], atol=1e-6, rtol=0
+    )
     assert s.viewmatrix.dtype == s.projmatrix.dtype == torch.float32
     assert s.tanfovx == pytest.approx(golden["tanfovx"][intr], rel=1e-12)
     assert s.tanfovy == pytest.approx(golden["tanfovy"][intr], rel=1e-12)
@@ -102,16 +105,19 @@ def test_inria_arguments_follow_the_official_conventions(golden, pose, intr):
     pixels = int(width) * int(height) * 3
     torch.testing.assert_close(out.means2d.grad, torch.tensor([[1.0, 2.0]]).expand(5, 2) * (1e-3 * pixels))
     # and out.means2d holds the NDC centres (x right, y down)
-    hom = torch.cat([model.means, torch.ones(5, 1)], 1).double() @ torch.from_numpy(
-        golden["full_proj_transform"][pose, intr]).double()
+    hom = (
+        torch.cat([model.means, torch.ones(5, 1)], 1).double()
+        @ torch.from_numpy(golden["full_proj_transform"][pose, intr]).double()
+    )
     ndc = hom[:, :2] / (hom[:, 3:] + 1e-7)
     torch.testing.assert_close(out.means2d.detach().double(), ndc, atol=1e-5, rtol=1e-5)
 
 
 def test_inria_rejects_the_upstream_rasterizer_without_alpha():
     with pytest.raises(CGError, match="DreamGaussian's fork"):
-        InriaRasterizer(module=RecordingDGR(outputs=2)).render(small_model(), orbit(0, 0, width=8, height=8),
-                                                              torch.ones(3))
+        InriaRasterizer(module=RecordingDGR(outputs=2)).render(
+            small_model(), orbit(0, 0, width=8, height=8), torch.ones(3)
+        )
 
 
 def test_inria_without_cuda_is_a_clear_error(monkeypatch):
@@ -230,14 +236,18 @@ def test_nvdiffrast_on_cpu_tensors_is_a_clear_error():
     from cg_lightning.render.mesh.nvdiffrast_backend import NvdiffrastMeshRasterizer
 
     with pytest.raises(CGError, match="CUDA tensors"):
-        NvdiffrastMeshRasterizer().rasterize(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.int32), (4, 4))
+        NvdiffrastMeshRasterizer().rasterize(
+            torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.int32), (4, 4)
+        )
 
 
 # ---------------------------------------------------------------- renderer=auto and the gsplat warning
 
 
-@pytest.mark.parametrize("installed,expected", [({"inria", "gsplat"}, "inria"), ({"gsplat"}, "gsplat"),
-                                                ({"inria"}, "inria"), (set(), "torch")])
+@pytest.mark.parametrize(
+    "installed,expected",
+    [({"inria", "gsplat"}, "inria"), ({"gsplat"}, "gsplat"), ({"inria"}, "inria"), (set(), "torch")],
+)
 def test_auto_prefers_the_official_rasterizer(monkeypatch, installed, expected):
     monkeypatch.setattr(gaussian_base, "_cuda_backend_available", lambda name: name in installed)
     assert gaussian_base.resolve_backend("auto") == expected
@@ -260,7 +270,9 @@ def test_gsplat_in_a_paper_experiment_warns_once(monkeypatch, caplog):
 def test_build_passes_the_experiment_to_the_warning(monkeypatch, caplog):
     monkeypatch.setattr(gaussian_base, "_warned_gsplat", False)
     monkeypatch.setattr(gaussian_base, "_cuda_backend_available", lambda name: name == "gsplat")
-    monkeypatch.setattr("cg_lightning.render.gaussian.gsplat_backend._import_gsplat", lambda: types.SimpleNamespace())
+    monkeypatch.setattr(
+        "cg_lightning.render.gaussian.gsplat_backend._import_gsplat", lambda: types.SimpleNamespace()
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with caplog.at_level(logging.WARNING, logger="cg_lightning"):
         r = gaussian_base.build_gaussian_rasterizer("auto", "no_sr")

@@ -48,8 +48,11 @@ def test_stage1_steps_create_tensors_on_the_stage_device(tmp_path):
     from cg_lightning.perceptual.lpips import LPIPS
     from tests.test_stage1_stage import make_stage, make_trainer, reference_losses, tiny_prior
 
-    losses = {**reference_losses(), "sds": SDSLoss(1.0),
-              "qa_triplet": QATripletLoss(variant="official", lpips=LPIPS(net="vgg", pretrained=False))}
+    losses = {
+        **reference_losses(),
+        "sds": SDSLoss(1.0),
+        "qa_triplet": QATripletLoss(variant="official", lpips=LPIPS(net="vgg", pretrained=False)),
+    }
     stage = make_stage(3, losses, prior=tiny_prior(), batch_size=2, num_points=100)
     audit = audited(stage)
     make_trainer(tmp_path, 3).fit(stage)  # density control runs at step 3
@@ -63,8 +66,9 @@ def test_stage2_steps_create_tensors_on_the_stage_device():
     from tests.test_stage2_texture import BOX, RecordingOracle, grey_box, make_stage, make_trainer
 
     reference = ReferenceImage.from_rgba(np.asarray(Image.open(BOX / "box_rgba.png")), elevation=0.0)
-    stage = make_stage(reference, RecordingOracle(), TorchMeshRasterizer(), grey_box(Mesh.load(BOX / "model.glb")),
-                       steps=2)
+    stage = make_stage(
+        reference, RecordingOracle(), TorchMeshRasterizer(), grey_box(Mesh.load(BOX / "model.glb")), steps=2
+    )
     audit = audited(stage)
     make_trainer(2).fit(stage)
     assert audit.sites == {}, f"tensors created on the default device: {audit.sites}"

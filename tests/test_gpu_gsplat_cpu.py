@@ -45,7 +45,10 @@ def scene(n: int = 600, sh_degree: int = 0, seed: int = 0, opacity_logit_max: fl
 def render_both(kernels, model_fn, camera, bg=BG):
     """Render + backward (same random target) with the torch backend and the gsplat adapter."""
     results = {}
-    for name, rasterizer in (("torch", TorchGaussianRasterizer()), ("gsplat", GsplatRasterizer(kernels=kernels))):
+    for name, rasterizer in (
+        ("torch", TorchGaussianRasterizer()),
+        ("gsplat", GsplatRasterizer(kernels=kernels)),
+    ):
         model = model_fn()
         out = rasterizer.render(model, camera, bg)
         target = torch.rand(out.image.shape, generator=torch.Generator().manual_seed(1))
@@ -118,9 +121,15 @@ def kernel_walk(start, end, trans, means2d, conics, opac, width, height, tile, o
 def test_index_finder_follows_the_kernel(start, end, trans_value):
     g = torch.Generator().manual_seed(3)
     n, width, height, tile = 300, 20, 18, 4  # 4 px tiles: batches of 16, so several batches per tile
-    means2d = (torch.rand(1, n, 2, generator=g) * torch.tensor([width, height]))
-    conics = torch.stack([torch.rand(1, n, generator=g) * 0.5 + 0.1, torch.randn(1, n, generator=g) * 0.02,
-                          torch.rand(1, n, generator=g) * 0.5 + 0.1], dim=-1)
+    means2d = torch.rand(1, n, 2, generator=g) * torch.tensor([width, height])
+    conics = torch.stack(
+        [
+            torch.rand(1, n, generator=g) * 0.5 + 0.1,
+            torch.randn(1, n, generator=g) * 0.02,
+            torch.rand(1, n, generator=g) * 0.5 + 0.1,
+        ],
+        dim=-1,
+    )
     opac = torch.rand(1, n, generator=g) * 0.999 + 0.0005
     radii = torch.full((1, n, 2), 6, dtype=torch.int32)
     depths = torch.rand(1, n, generator=g) + 0.5
@@ -129,8 +138,11 @@ def test_index_finder_follows_the_kernel(start, end, trans_value):
     offsets = gsplat_cpu.isect_offset_encode(isect_ids, 1, tw, th)
     trans = torch.full((1, height, width), trans_value)
     gids, pids, iids = gsplat_cpu.rasterize_to_indices_in_range(
-        start, end, trans, means2d, conics, opac, width, height, tile, offsets, flatten_ids)
-    expected = kernel_walk(start, end, trans, means2d, conics, opac, width, height, tile, offsets, flatten_ids)
+        start, end, trans, means2d, conics, opac, width, height, tile, offsets, flatten_ids
+    )
+    expected = kernel_walk(
+        start, end, trans, means2d, conics, opac, width, height, tile, offsets, flatten_ids
+    )
     # float64 maths here vs float32 in the stand-in (and the kernel): allow a few borderline pairs
     got = list(zip(pids.tolist(), gids.tolist(), strict=True))
     assert len(got) == pytest.approx(len(expected), abs=3)

@@ -20,9 +20,24 @@ from torch.overrides import TorchFunctionMode
 PACKAGE = str(Path(__file__).resolve().parents[2] / "cg_lightning")
 
 FACTORIES = {
-    torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.linspace, torch.logspace, torch.eye,
-    torch.rand, torch.randn, torch.randint, torch.randperm, torch.tensor, torch.as_tensor, torch.scalar_tensor,
-    torch.normal, torch.tril_indices, torch.triu_indices,
+    torch.zeros,
+    torch.ones,
+    torch.empty,
+    torch.full,
+    torch.arange,
+    torch.linspace,
+    torch.logspace,
+    torch.eye,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.tensor,
+    torch.as_tensor,
+    torch.scalar_tensor,
+    torch.normal,
+    torch.tril_indices,
+    torch.triu_indices,
 }
 
 # Host-side by design: orbit poses are computed in float64 on the CPU and moved with ``Camera.to(device)``.

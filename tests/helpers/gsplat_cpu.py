@@ -155,7 +155,9 @@ def rasterize_to_indices_in_range(
     sigma = 0.5 * (c[..., 0] * dx * dx + c[..., 2] * dy * dy) + c[..., 1] * dx * dy
     alpha = torch.clamp_max(opa[g][:, None, :] * torch.exp(-sigma), 0.999)
     take = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & cand_ok[:, None, :] & inside[..., None]
-    trans0 = transmittances.reshape(n_img, -1)[tile_img[:, None], pix_id.clamp_max(image_width * image_height - 1)]
+    trans0 = transmittances.reshape(n_img, -1)[
+        tile_img[:, None], pix_id.clamp_max(image_width * image_height - 1)
+    ]
     factors = torch.where(take, 1.0 - alpha, torch.ones_like(alpha))
     running = torch.cumprod(torch.cat([trans0[..., None], factors], dim=-1), dim=-1)[..., 1:]  # next_T
     stopped = torch.cumsum((take & (running <= 1e-4)).int(), dim=-1) > 0
@@ -207,14 +209,36 @@ def cpu_kernels() -> types.SimpleNamespace:
     :func:`patch_gsplat_reference` first)."""
     from gsplat.cuda import _torch_impl as ref
 
-    def fully_fused_projection(means, covars, quats, scales, viewmats, ks, width, height, eps2d=0.3,
-                               near_plane=0.01, far_plane=1e10, packed=False, **_):
+    def fully_fused_projection(
+        means,
+        covars,
+        quats,
+        scales,
+        viewmats,
+        ks,
+        width,
+        height,
+        eps2d=0.3,
+        near_plane=0.01,
+        far_plane=1e10,
+        packed=False,
+        **_,
+    ):
         if packed:
             raise NotImplementedError("packed projection is not used by the adapter")
         if covars is None:
             covars, _ = ref._quat_scale_to_covar_preci(quats, scales, True, False, triu=False)
-        return ref._fully_fused_projection(means, covars, viewmats, ks, width, height, eps2d=eps2d,
-                                           near_plane=near_plane, far_plane=far_plane)
+        return ref._fully_fused_projection(
+            means,
+            covars,
+            viewmats,
+            ks,
+            width,
+            height,
+            eps2d=eps2d,
+            near_plane=near_plane,
+            far_plane=far_plane,
+        )
 
     def spherical_harmonics(degree, dirs, coeffs, masks=None):
         out = ref._spherical_harmonics(degree, dirs, coeffs)
@@ -230,8 +254,9 @@ def cpu_kernels() -> types.SimpleNamespace:
 
 
 @torch.no_grad()
-def isect_tiles_3dgs(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tile_width: int,
-                     tile_height: int, **_) -> tuple[Tensor, Tensor, Tensor]:
+def isect_tiles_3dgs(
+    means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tile_width: int, tile_height: int, **_
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`isect_tiles` with 3DGS' ``getRect`` (pixel frame with centres at integers, exclusive max
     ``(p + r + tile - 1) / tile`` truncated) in place of gsplat's floor/ceil box."""
     r = radii[..., 0].float()
@@ -246,8 +271,9 @@ def isect_tiles_3dgs(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: 
     ok = (radii > 0).all(dim=-1, keepdim=True) & (hi > lo).all(dim=-1, keepdim=True)
     centre = 0.5 * (lo + hi) * tile_size
     half = (0.5 * (hi - lo) * tile_size).round().int()
-    return isect_tiles(centre, torch.where(ok, half, torch.zeros_like(half)), depths, tile_size, tile_width,
-                       tile_height)
+    return isect_tiles(
+        centre, torch.where(ok, half, torch.zeros_like(half)), depths, tile_size, tile_width, tile_height
+    )
 
 
 def aligned_kernels() -> types.SimpleNamespace:
@@ -257,7 +283,9 @@ def aligned_kernels() -> types.SimpleNamespace:
     project = base.fully_fused_projection
 
     def fully_fused_projection(*args, near_plane=0.01, far_plane=1e10, **kwargs):
-        radii, means2d, depths, conics, comp = project(*args, near_plane=near_plane, far_plane=far_plane, **kwargs)
+        radii, means2d, depths, conics, comp = project(
+            *args, near_plane=near_plane, far_plane=far_plane, **kwargs
+        )
         r = radius_3dgs(conics).nan_to_num(0.0).int()
         valid = (depths > near_plane) & (depths < far_plane)  # 3DGS culls off-screen ones by rect only
         r = torch.where(valid, r, torch.zeros_like(r))
