@@ -32,19 +32,65 @@ def run_evaluate(ctx: JobContext) -> None:
     ply = ctx.find_output("gaussians_ply")
     if glb is not None:
         mesh = Mesh.load(glb)
-        ctx.record(evaluate_mesh(mesh, reference, cfg_eval=ev, device=ctx.device,
-                                 elevation_deg=float(ctx.cfg.elevation)))
+        ctx.record(perceptual_or_skipped(ctx, lambda: evaluate_mesh(mesh, reference, cfg_eval=ev, device=ctx.device,
+                                                                    elevation_deg=float(ctx.cfg.elevation))))
         ctx.record({"eval/scored_mesh": str(glb.relative_to(glb.parents[1]))})  # type: ignore[dict-item]
     if ply is not None:
         from cg_lightning.render.gaussian import build_gaussian_rasterizer
         from cg_lightning.steps.mesh import load_gaussians
 
-        ctx.record(evaluate_gaussians(load_gaussians(ctx), build_gaussian_rasterizer(ctx.cfg.renderer.gaussian),
-                                      reference, cfg_eval=ev, device=ctx.device,
-                                      elevation_deg=float(ctx.cfg.elevation)))
+        ctx.record(perceptual_or_skipped(ctx, lambda: evaluate_gaussians(
+            load_gaussians(ctx), build_gaussian_rasterizer(ctx.cfg.renderer.gaussian), reference, cfg_eval=ev,
+            device=ctx.device, elevation_deg=float(ctx.cfg.elevation))))
+    score_against_truth(ctx)
     release_eval_models()  # CLIP ViT-bigG must not stay in GPU memory for the next job of a sweep
     ctx.state.mark_done("evaluate")
     log.info("evaluate: %s", {k: v for k, v in ctx.metrics.items() if k.startswith("eval/")})
+
+
+def perceptual_or_skipped(ctx: JobContext, score) -> dict:
+    """LPIPS / CLIP scores from ``score()``; with ``evaluation.perceptual=if_available`` missing weights skip them
+    (recorded as ``eval/perceptual_skipped``) instead of failing the job, ``off`` never computes them."""
+    from cg_lightning.errors import ConfigError, MissingWeightsError
+
+    mode = str(ctx.cfg.evaluation.get("perceptual", "required"))
+    if mode not in ("required", "if_available", "off"):
+        raise ConfigError(f"evaluation.perceptual={mode!r}; expected required, if_available or off")
+    if mode == "off":
+        ctx.record({"eval/perceptual_skipped": "evaluation.perceptual=off"})  # type: ignore[dict-item]
+        return {}
+    try:
+        return score()
+    except MissingWeightsError as exc:
+        if mode == "required":
+            raise
+        log.warning("evaluate: LPIPS / CLIP skipped, weights missing: %s", exc.what)
+        ctx.record({"eval/perceptual_skipped": f"weights missing: {exc.what}"})  # type: ignore[dict-item]
+        return {}
+
+
+def score_against_truth(ctx: JobContext) -> None:
+    """Ground-truth metrics (cg_lightning/evaluation/truth.py) when the prior knows the true mesh."""
+    from hydra.utils import get_class
+
+    truth_cfg = ctx.cfg.evaluation.get("truth") or {}
+    target = (ctx.cfg.get("prior") or {}).get("_target_")
+    if not target or not hasattr(get_class(target), "ground_truth_path") or not truth_cfg.get("enabled", True):
+        return
+    truth_path = ctx.prior.ground_truth_path
+    from cg_lightning.evaluation.truth import gaussian_render_fn, truth_metrics
+    from cg_lightning.mesh.mesh import Mesh
+
+    coarse, final, ply = (ctx.find_output(k) for k in ("coarse_glb", "model_glb", "gaussians_ply"))
+    gaussians = None
+    if ply is not None:
+        from cg_lightning.render.gaussian import build_gaussian_rasterizer
+        from cg_lightning.steps.mesh import load_gaussians
+
+        gaussians = gaussian_render_fn(load_gaussians(ctx), build_gaussian_rasterizer(ctx.cfg.renderer.gaussian))
+    ctx.record(truth_metrics(Mesh.load(truth_path()), coarse=Mesh.load(coarse) if coarse else None,
+                             final=Mesh.load(final) if final else None, gaussians=gaussians,
+                             samples=int(truth_cfg.get("samples", 20000)), size=int(truth_cfg.get("size", 256))))
 
 
 def write_metrics(ctx: JobContext) -> None:
