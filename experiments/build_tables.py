@@ -3,11 +3,12 @@
   python experiments/build_tables.py outputs/                       # both tables -> outputs/tables/
   python experiments/build_tables.py outputs/ --table 2 --out results/
   python experiments/build_tables.py --wandb me/cg_lightning         # read the runs' summaries from W&B
-  python experiments/build_tables.py outputs/ --wandb-log me/cg_lightning   # also log them as wandb.Table
+  python experiments/build_tables.py outputs/ --wandb-log me/cg_lightning   # also into the sweep's W&B run
 
 Writes tables.md (both tables, failed/incomplete jobs), table1.csv, table2.csv, other.csv (experiments no paper row
-names), jobs.csv (one row per job), failed.csv and table{1,2}.png. Exit status 0 even when some jobs failed;
-1 when no finished job was found at all.
+names), jobs.csv (one row per job, with its device / scale / launcher), failed.csv and table{1,2}.png. Table II is
+averaged over the images every row finished (--all-images to turn that off). Rows whose jobs are not paper-scale GPU
+runs are marked. Exit status 0 even when some jobs failed; 1 when no finished job was found at all.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: <first root>/tables, or ./tables)")
     p.add_argument("--table", choices=["1", "2", "all"], default="all")
     p.add_argument("--paper", default=str(HERE / "paper_numbers.yaml"), help="paper numbers + row definitions")
-    p.add_argument("--common-images", action="store_true",
-                   help="average each table only over images finished by every row that has results")
+    images = p.add_mutually_exclusive_group()
+    images.add_argument("--common-images", action="store_true",
+                        help="average every table only over images finished by every row that has results "
+                             "(default: Table II only)")
+    images.add_argument("--all-images", action="store_true",
+                        help="average every row over all its finished images, Table II included")
     p.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT", help="also read runs from W&B (needs login)")
     p.add_argument("--wandb-group", default=None, help="only W&B runs of this group")
-    p.add_argument("--wandb-log", default=None, metavar="[ENTITY/]PROJECT", help="log the tables to a W&B run")
+    p.add_argument("--wandb-log", default=None, metavar="[ENTITY/]PROJECT",
+                   help="log the tables into the W&B run of the sweep (group sweep:<name>)")
     p.add_argument("--no-plot", action="store_true")
     return p
 
@@ -53,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             jobs = T.merge_jobs(jobs, T.jobs_from_wandb(args.wandb, filters=filters))
         out = Path(args.out) if args.out else (Path(args.roots[0]) / "tables" if args.roots else Path("tables"))
         which = ("1", "2") if args.table == "all" else (args.table,)
-        report = T.build_report(jobs, paper, out, which=which, common_only=args.common_images,
-                                plot=not args.no_plot)
+        common = True if args.common_images else (False if args.all_images else None)
+        report = T.build_report(jobs, paper, out, which=which, common_only=common, plot=not args.no_plot)
         if args.wandb_log:
             entity, _, project = args.wandb_log.rpartition("/")
-            where = T.log_report_to_wandb(report, project, entity=entity or None)
+            where = T.log_report_to_wandb(report, project, entity=entity or None, roots=args.roots, options={
+                "table": args.table, "images": {True: "common", False: "all", None: "common for Table II"}[common],
+                "wandb_source": args.wandb, "wandb_group": args.wandb_group})
             print(f"logged to W&B ({where})")
     except CGError as exc:
         print(f"Error: {exc}", file=sys.stderr)

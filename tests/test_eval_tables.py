@@ -18,12 +18,16 @@ PAPER = ROOT / "experiments" / "paper_numbers.yaml"
 
 
 def _job(root: Path, image: str, exp: str, seed: int, metrics: dict | None = None, failed: str | None = None,
-         subdir: str | None = None) -> Path:
+         subdir: str | None = None, device: str = "cuda:0", prior: str = "Zero123Prior") -> Path:
+    """A job directory as the pipeline leaves it (config, provenance, metrics or FAILED); GPU, paper scale by default."""
     d = root / image / exp / f"seed{seed}"
     if subdir:
         d = d / subdir
     d.mkdir(parents=True)
-    (d / "config_resolved.yaml").write_text("x: 1\n")
+    (d / "config_resolved.yaml").write_text(f"experiment_name: {exp}\ndevice: auto\n"
+                                            f"prior: {{_target_: cg_lightning.priors.x.{prior}}}\n")
+    (d / "provenance.json").write_text(json.dumps({"device": device, "torch_threads": 8, "device_name": (
+        "NVIDIA H200" if device.startswith("cuda") else "cpu (AMD EPYC)")}))
     if metrics is not None:
         (d / "metrics.json").write_text(json.dumps(metrics))
     if failed is not None:
@@ -77,7 +81,10 @@ def test_aggregate_mean_std(results):
     vals = [0.30, 0.32, 0.28, 0.34]
     mean = sum(vals) / 4
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / 3)
-    assert lp.n == 4 and lp.mean == pytest.approx(mean) and lp.std == pytest.approx(std)
+    assert lp.n_jobs == 4 and lp.mean == pytest.approx(mean)
+    # ± is the spread over seeds: per-seed means (0.30+0.28)/2 and (0.32+0.34)/2, n = 2 seeds
+    assert lp.n == 2 and lp.std == pytest.approx(math.sqrt(2 * 0.02 ** 2)) and lp.std != pytest.approx(std)
+    assert full.comparable_with_paper and full.devices == {"cuda (NVIDIA H200)": 4} and full.scales == {"paper": 4}
     assert full.images == ["anya_rgba", "zelda_rgba"] and full.seeds == [0, 1]
     dg = agg["dreamgaussian"]
     assert dg.n_jobs == 2 and dg.n_failed == 1 and dg.n_incomplete == 1
@@ -116,8 +123,11 @@ def test_report_files_markdown_and_csv(results, tmp_path):
     assert other == {"external_myway", "full[stage1.iters=10]"}
 
     md = (out / "tables.md").read_text()
-    assert "| Ours | `full` | Optimization-based | 0.310 ± 0.026 | 0.307 | 0.770 ± 0.026 | 0.764 |" in md
-    assert "| w/o Super-resolution | `no_sr` | 0.350 | 0.343 | 0.700 | 0.691 |" in md
+    assert "| Ours | `full` | Optimization-based | 0.310 ± 0.028 (n=2) | 0.307 | 0.770 ± 0.014 (n=2) | 0.764 |" in md
+    assert "| w/o Super-resolution | `no_sr` | 0.350 (n=1) | 0.343 | 0.700 (n=1) | 0.691 |" in md
+    table1_md = md.split("### Table I")[1].split("### ")[0]
+    assert "cuda (NVIDIA H200) ×4; paper |" in table1_md and "⚠" not in table1_md   # paper-scale GPU: unmarked
+    assert "| ⚠ 0.900 (n=1) |" in md and "×1; custom |" in md                      # the override variant is
     assert "## Failed jobs" in md and "MissingWeightsError (user error): Missing weights: zero123" in md
     assert "seed 2" in md  # the incomplete job is listed
     failed = list(csv.DictReader(io.StringIO((out / "failed.csv").read_text())))
@@ -213,3 +223,41 @@ def test_paper_numbers_file_is_the_paper():
     t2 = {r["experiment"]: (r["lpips"], r["clip_similarity"]) for r in paper["table2"]["rows"]}
     assert t2 == {"no_sr": (0.343, 0.691), "no_qa_triplet": (0.337, 0.708), "no_refine": (0.404, 0.573),
                   "full": (0.307, 0.764)}
+
+
+def test_cpu_and_debug_runs_are_marked_and_gpu_memory_does_not_apply(tmp_path):
+    root = tmp_path / "outputs"
+    _job(root, "anya_rgba", "full", 0, _metrics(0.30, 0.80, 80.0))
+    _job(root, "anya_rgba", "dreamgaussian", 0, _metrics(0.5, 0.5, 900.0), device="cpu", prior="TinyZero123Prior")
+    jobs = T.discover_jobs([root])
+    dg = next(j for j in jobs if j.experiment == "dreamgaussian")
+    assert (dg.device, dg.device_kind, dg.scale, dg.threads) == ("cpu", "cpu", "debug", "8")
+    assert "memory/peak_gpu_gb" not in dg.metrics            # a CPU run has no peak GPU memory: "—", not 0.00
+    report = T.build_report(jobs, T.load_paper_numbers(PAPER), tmp_path / "t", which=("1",), plot=False)
+    md = (tmp_path / "t" / "tables.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| DreamGaussian |"))
+    assert "⚠ 0.500 (n=1) | 0.389 |" in row and row.endswith("| cpu ×1; debug |")
+    assert "| — |" in row                                      # Peak GPU column of the CPU row
+    assert "⚠ = not comparable with the paper's numbers" in md
+    full_row = next(line for line in md.splitlines() if line.startswith("| Ours |"))
+    assert "⚠" not in full_row and "7.50 (n=1)" in full_row
+    rows = {r["experiment"]: r for r in csv.DictReader(io.StringIO((tmp_path / "t" / "table1.csv").read_text()))}
+    assert rows["dreamgaussian"]["comparable_with_paper"] == "False" and rows["dreamgaussian"]["scales"] == "debug"
+    assert rows["dreamgaussian"]["peak_gpu_gb_mean"] == "" and rows["full"]["comparable_with_paper"] == "True"
+    jobs_rows = list(csv.DictReader(io.StringIO((tmp_path / "t" / "jobs.csv").read_text())))
+    assert {(r["experiment"], r["device"], r["scale"]) for r in jobs_rows} == {
+        ("full", "cuda (NVIDIA H200)", "paper"), ("dreamgaussian", "cpu", "debug")}
+    assert report.tables[0].name == "table1"
+
+
+def test_table2_uses_common_images_by_default(results, tmp_path):
+    paper = T.load_paper_numbers(PAPER)
+    T.build_report(T.discover_jobs([results]), paper, tmp_path / "d", plot=False)
+    t1 = {r["experiment"]: r for r in csv.DictReader(io.StringIO((tmp_path / "d" / "table1.csv").read_text()))}
+    t2 = {r["experiment"]: r for r in csv.DictReader(io.StringIO((tmp_path / "d" / "table2.csv").read_text()))}
+    assert int(t1["full"]["n_images"]) == 2                            # Table I: every finished image
+    assert int(t2["full"]["n_images"]) == 1 and float(t2["full"]["lpips_mean"]) == pytest.approx(0.31)
+    assert "table2: restricted to the 1 image(s)" in (tmp_path / "d" / "tables.md").read_text()
+    T.build_report(T.discover_jobs([results]), paper, tmp_path / "a", plot=False, common_only=False)
+    t2 = {r["experiment"]: r for r in csv.DictReader(io.StringIO((tmp_path / "a" / "table2.csv").read_text()))}
+    assert int(t2["full"]["n_images"]) == 2

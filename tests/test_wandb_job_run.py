@@ -17,6 +17,7 @@ from cg_lightning.runtime.loggers import JobLoggers, run_naming
 from cg_lightning.runtime.wandb_records import iter_raw_records, read_run
 
 pytest.importorskip("wandb")
+WAIT_S = 60.0   # the wandb service may still be flushing a run that was just finished
 
 
 def _job_cfg(compose, image, job_dir: Path, *extra: str):
@@ -93,7 +94,7 @@ def test_stage_logger_steps_config_and_last_step(compose, example_image, tmp_pat
         trainer.fit(_Counter(stage))
     loggers.close()
 
-    run = read_run(job / "wandb")
+    run = read_run(job / "wandb", wait_s=WAIT_S)
     assert run.id == run_naming(cfg, job)["id"] and run.name == "box_rgba/smoke/seed0" and run.group == "smoke"
     assert run.exit_code == 0
     assert run.config["job"]["scale"] == "debug" and run.config["job"]["relative_dir"] == "box_rgba/smoke/seed0"
@@ -116,7 +117,7 @@ def test_media_land_at_their_stage_step(compose, example_image, tmp_path):
     loggers.log_media({"mesh/coarse": wandb.Object3D(torch.rand(20, 3).numpy())}, stage="stage1", step=12)
     loggers.log_media({"stage2/turntable": wandb.Image(torch.rand(3, 8, 8))}, stage="stage2", step=2)
     loggers.close()
-    run = read_run(job)
+    run = read_run(job, wait_s=WAIT_S)
     assert run.steps_of("mesh/coarse") == [12] and run.step_metric_of("mesh/coarse") == "stage1/step"
     assert run.steps_of("stage2/turntable") == [2]
     assert set(run.media_keys()) == {"mesh/coarse", "stage2/turntable"}
@@ -133,7 +134,7 @@ def test_failed_job_ends_a_failed_run_with_the_error(compose, tmp_path):
     with pytest.raises(CGError):
         run_job(cfg)
     assert (job / "FAILED").is_file()
-    run = read_run(job / "wandb")
+    run = read_run(job / "wandb", wait_s=WAIT_S)
     assert run.exit_code == 1 and run.name == "broken_rgba/smoke/seed0"
     assert run.summary["status"] == "failed"
     assert run.summary["error"].startswith("InputImageError: Input file is not a readable image")
@@ -157,7 +158,7 @@ def test_smoke_job_run_holds_every_item_at_its_step(compose, example_image, tmp_
     job = tmp_path / "outputs" / example_image.stem / "smoke" / "seed0"
     cfg = _job_cfg(compose, example_image, job)
     run_job(cfg)
-    run = read_run(job / "wandb")
+    run = read_run(job / "wandb", wait_s=WAIT_S)
     n1, n2 = int(cfg.stage1.steps), int(cfg.stage2.steps)
     every, images_every = int(cfg.trainer.log_every_n_steps), int(cfg.stage1.image_log_every_n_steps)
     assert run.exit_code == 0 and run.summary["status"] == "finished"

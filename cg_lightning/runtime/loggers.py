@@ -30,6 +30,7 @@ from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cg_lightning.errors import ConfigError
+from cg_lightning.runtime.job_info import job_scale
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,6 @@ def _hydra_runtime() -> tuple[dict[str, str], list[str], bool]:
         return choices, [str(o) for o in hc.overrides.task], hc.mode == RunMode.MULTIRUN
     except Exception:  # noqa: BLE001 - an incomplete Hydra config (tests): no runtime info
         return {}, [], False
-
-
-def job_scale(cfg: DictConfig, choices: Mapping[str, str], override_suffix: str) -> str:
-    """``debug`` (a debug preset, the smoke experiment or the tiny prior: numbers are meaningless), ``custom``
-    (overrides that change results, e.g. fewer steps) or ``paper`` (the experiment as configured)."""
-    prior = str((cfg.get("prior") or {}).get("_target_", ""))
-    if choices.get("debug") or cfg.get("experiment_name") == "smoke" or prior.endswith("TinyZero123") \
-            or choices.get("prior") == "tiny":
-        return "debug"
-    return "custom" if override_suffix else "paper"
 
 
 def device_kind(cfg: DictConfig) -> str:

@@ -113,6 +113,8 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)           # define_metric: name or glob -> step metric
     files: list[str] = field(default_factory=list)
+    # logged artifacts (a wandb.Table with media is one): name, type, entries {path in artifact: staged local file}
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
     exit_code: int | None = None
     git: dict[str, str] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
@@ -145,6 +147,19 @@ class OfflineRun:
                 if isinstance(value, dict) and "_type" in value:
                     seen.setdefault(key, None)
         return list(seen)
+
+    def table(self, key: str) -> dict[str, Any]:
+        """The content of the ``wandb.Table`` logged under ``key`` (columns, data with media as dicts), from the
+        artifact wandb stages for it (the copy in the run's media folder holds placeholders for media cells)."""
+        import json as _json
+
+        name = key.replace("/", "")
+        for artifact in reversed(self.artifacts):
+            if artifact["type"] == "run_table" and artifact["name"].startswith(f"run-{self.id}-{name}"):
+                local = artifact["entries"].get(f"{key}.table.json")
+                if local:
+                    return _json.loads(Path(local).read_text())
+        raise KeyError(f"no table artifact for {key!r} in run {self.id}")
 
     def describe(self) -> str:
         """A readable dump: identity, history keys with their steps, media with their steps, summary."""
@@ -213,6 +228,10 @@ def _apply(run: OfflineRun, record: Any) -> None:
             run.metrics[name] = m.step_metric
     elif kind == "files":
         run.files += [f.path for f in record.files.files]
+    elif kind == "artifact":
+        a = record.artifact
+        run.artifacts.append({"name": a.name, "type": a.type,
+                              "entries": {e.path: e.local_path for e in a.manifest.contents}})
     elif kind == "exit":
         run.exit_code = int(record.exit.exit_code)
 
@@ -227,11 +246,25 @@ def run_files(where: str | Path) -> list[Path]:
     return sorted(p.rglob("*.wandb"), key=lambda f: (f.stat().st_mtime, str(f)))
 
 
-def read_runs(where: str | Path) -> dict[str, OfflineRun]:
-    """Every run under ``where`` by id; several files of one id (a resumed run) are merged in time order."""
+def _records_when_complete(path: Path, wait_s: float) -> list[Any]:
+    """The records of ``path``; with ``wait_s`` > 0, wait up to that long for its exit record (the wandb service
+    writes the log in the background and may still be flushing a run that was just finished)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = list(iter_records(path))
+        if wait_s <= 0 or any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def read_runs(where: str | Path, wait_s: float = 0.0) -> dict[str, OfflineRun]:
+    """Every run under ``where`` by id; several files of one id (a resumed run) are merged in time order.
+    ``wait_s``: how long to wait for runs that are still being written to finish (see above)."""
     runs: dict[str, OfflineRun] = {}
     for path in run_files(where):
-        records = list(iter_records(path))
+        records = _records_when_complete(path, wait_s)
         run_id = next((r.run.run_id for r in records if r.WhichOneof("record_type") == "run"), path.stem[4:])
         run = runs.setdefault(run_id, OfflineRun(id=run_id))
         run.sources.append(path)
@@ -240,9 +273,9 @@ def read_runs(where: str | Path) -> dict[str, OfflineRun]:
     return runs
 
 
-def read_run(where: str | Path) -> OfflineRun:
+def read_run(where: str | Path, wait_s: float = 0.0) -> OfflineRun:
     """The single run under ``where`` (a job directory holds exactly one)."""
-    runs = read_runs(where)
+    runs = read_runs(where, wait_s)
     if len(runs) != 1:
         raise CGError(f"expected one W&B run under {where}, found {len(runs)}: {sorted(runs)}")
     return next(iter(runs.values()))
