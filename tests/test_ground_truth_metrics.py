@@ -98,6 +98,17 @@ def test_evaluate_hook_scores_oracle_jobs_and_skips_missing_perceptual_weights(t
 
     assert perceptual_or_skipped(ctx, missing) == {}
     assert metrics["eval/perceptual_skipped"].startswith("weights missing: LPIPS-vgg")
+
+    def wrapped():  # what hydra.utils.instantiate raises when the scorer's constructor fails
+        try:
+            missing()
+        except MissingWeightsError as exc:
+            raise RuntimeError("Error in call to target 'cg_lightning.perceptual.lpips.LPIPS'") from exc
+
+    metrics.clear()
+    assert perceptual_or_skipped(ctx, wrapped) == {} and "eval/perceptual_skipped" in metrics
+    with pytest.raises(ValueError):  # any other failure is not hidden
+        perceptual_or_skipped(ctx, lambda: (_ for _ in ()).throw(ValueError("bug")))
     assert perceptual_or_skipped(ctx, lambda: {"eval/lpips": 0.1}) == {"eval/lpips": 0.1}
     ctx.cfg.evaluation.perceptual = "required"
     with pytest.raises(MissingWeightsError):

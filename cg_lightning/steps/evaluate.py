@@ -61,11 +61,14 @@ def perceptual_or_skipped(ctx: JobContext, score) -> dict:
         return {}
     try:
         return score()
-    except MissingWeightsError as exc:
-        if mode == "required":
+    except Exception as exc:  # Hydra's instantiate wraps the MissingWeightsError of a scorer's constructor
+        missing = exc
+        while missing is not None and not isinstance(missing, MissingWeightsError):
+            missing = missing.__cause__
+        if mode == "required" or missing is None:
             raise
-        log.warning("evaluate: LPIPS / CLIP skipped, weights missing: %s", exc.what)
-        ctx.record({"eval/perceptual_skipped": f"weights missing: {exc.what}"})  # type: ignore[dict-item]
+        log.warning("evaluate: LPIPS / CLIP skipped, weights missing: %s", missing.what)
+        ctx.record({"eval/perceptual_skipped": f"weights missing: {missing.what}"})  # type: ignore[dict-item]
         return {}
 
 
