@@ -44,6 +44,7 @@ class RunConfig:
     experiment_name: str = "custom"
     stages: list[str] = field(default_factory=lambda: list(ALL_STAGES))
     resume: str = "auto"
+    on_mismatch: str = "error"
     from_run: Optional[str] = None  # noqa: UP045 - OmegaConf 2.3 does not understand `str | None`
     device: str = "auto"
     tags: list[str] = field(default_factory=list)

@@ -392,6 +392,9 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"stages: unknown stage(s) {bad}; choose from {list(ALL_STAGES)}")
     if cfg.resume not in ("auto", "never"):
         raise ConfigError(f"resume={cfg.resume!r}; expected auto (continue from last.ckpt) or never")
+    if cfg.get("on_mismatch", "error") not in ("error", "new"):
+        raise ConfigError(f"on_mismatch={cfg.on_mismatch!r}; expected error (stop when the job directory holds "
+                          f"another config's job) or new (run in a fresh directory)")
     if not -90.0 < float(cfg.elevation) < 90.0:
         raise ConfigError(f"elevation={cfg.elevation} must lie in (-90, 90) degrees")
     if int(cfg.seed) < 0:

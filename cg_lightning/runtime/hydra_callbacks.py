@@ -23,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from cg_lightning.runtime.state import DONE_FILE, FAILED_FILE
 
 _ALWAYS_SKIP = {".hydra", "wandb", ".submitit"}
+#: (job dir, first error line) of the jobs of this process that were refused before touching their directory
+#: (invalid config, locked by another process, identity mismatch): listed by the sweep summary
+REFUSED_JOBS: list[tuple[Path, str]] = []
 _JOB_CHILDREN = {"ckpts", "csv", "input", "stage1", "stage2", "mesh"}   # never job dirs inside a job dir
 
 
@@ -105,17 +108,32 @@ class JobCallbacks(Callback):
             sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._validate(config)
         self._preflight(config)
+
+    @staticmethod
+    def _validate(config: DictConfig) -> None:
+        """An invalid config stops a single run before Hydra creates (or touches) the job directory."""
+        from cg_lightning.config.validate import validate_config
+        from cg_lightning.errors import ConfigError
+
+        _select(config, "paths.output_root")   # makes ${hydra:...} resolvable here
+        try:
+            validate_config(config)
+        except ConfigError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._preflight(config)
         self._sweep_started = time.time() - 1.0  # file systems store mtimes coarsely
+        REFUSED_JOBS.clear()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = _select(config, "hydra.sweep.dir")
         if not root or not Path(root).is_dir():
             return
-        failed = failed_jobs(root, self._sweep_started)
+        failed = failed_jobs(root, self._sweep_started) + [(p, f"refused: {e}") for p, e in REFUSED_JOBS]
         done = finished_jobs(root, self._sweep_started)
         lines = [f"\nSweep finished: {done} job(s) done, {len(failed)} FAILED."]
         lines += [f"  FAILED {path}: {error}" for path, error in failed]

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cg_lightning.errors import NonFiniteError, OutputError
 from cg_lightning.runtime.device import lightning_accelerator
+from cg_lightning.runtime.seeding import seed_all
 from cg_lightning.runtime.task import RESUME_HINT, defer_sigterm
 from cg_lightning.utils.atomic import atomic_path
 
@@ -90,6 +91,27 @@ class SaveOnSigterm(Callback):
             log.warning("SIGTERM: saved %s at step %d", self.path, trainer.global_step)
 
 
+class ReseedEachStep(Callback):
+    """Seed torch / NumPy / Python from ``(seed, stage, step)`` before every training step (and at fit start), so a
+    stage resumed from ``last.ckpt`` draws what the uninterrupted run drew (SDS / refine noise, timesteps) whatever
+    ran before it in this process. A module that reseeds itself (``reseed_each_step``, stage 1) is left alone."""
+
+    def __init__(self, seed: int, stage: str) -> None:
+        self.seed, self.stage = int(seed), stage
+
+    @staticmethod
+    def _own(pl_module: Any) -> bool:
+        return bool(getattr(pl_module, "reseed_each_step", False))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
+        if not self._own(pl_module):
+            seed_all(self.seed, self.stage, "fit_start")
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if not self._own(pl_module):
+            seed_all(self.seed, self.stage, "step", int(trainer.global_step))
+
+
 def checkpoint_dir(output_dir: Path, stage: str) -> Path:
     return Path(output_dir) / stage / "ckpts"
 
@@ -144,7 +166,8 @@ def build_trainer(cfg: DictConfig, *, stage: str, max_steps: int, output_dir: Pa
     )
     return Trainer(
         max_steps=max_steps, max_epochs=-1, logger=loggers or False,
-        callbacks=[ckpt, SaveOnSigterm(ckpt_dir / "last.ckpt"), *(extra_callbacks or [])],
+        callbacks=[ckpt, SaveOnSigterm(ckpt_dir / "last.ckpt"), ReseedEachStep(int(cfg.seed), stage),
+                   *(extra_callbacks or [])],
         plugins=[AtomicCheckpointIO()], default_root_dir=str(Path(output_dir) / stage), num_sanity_val_steps=0,
         **kwargs,
     )
