@@ -48,10 +48,14 @@ def test_run_naming_separates_output_roots_and_names_variants(compose, example_i
     assert any(t.startswith("device:") for t in a["tags"])
 
 
-def test_debug_runs_are_tagged(compose, example_image, tmp_path):
+def test_debug_and_sweep_runs_are_tagged(compose, example_image, tmp_path):
     cfg = compose(["+experiment=full", "+debug=tiny", f"image={example_image}"])
     naming = run_naming(cfg, tmp_path / "outputs" / "box_rgba" / "full" / "seed0")
     assert {"debug:tiny", "scale:debug", "prior:tiny", "device:cpu"} <= set(naming["tags"])
+    cfg = compose(["+sweep=ablations", "+experiment=no_sr", f"image={example_image}"])
+    naming = run_naming(cfg, tmp_path / "outputs" / "box_rgba" / "no_sr" / "seed0")
+    assert {"sweep:ablations", "experiment:no_sr", "scale:paper"} <= set(naming["tags"])
+    assert naming["job"]["sweep"] == "ablations" and naming["group"] == "no_sr"
 
 
 # ------------------------------------------------------------------------------------------------ logging
