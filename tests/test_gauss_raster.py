@@ -1,22 +1,29 @@
-"""The pure-PyTorch tile rasterizer against the naive per-pixel reference (images and gradients), against
-gsplat's PyTorch projection, and the backend factory."""
+"""The pure-PyTorch tile rasterizer against the golden fixture of diff-gaussian-rasterization's forward pass,
+the naive per-pixel reference (images and gradients), gsplat's PyTorch projection, and the backend factory."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from cg_lightning.cameras import orbit
 from cg_lightning.errors import CGError, ConfigError
-from cg_lightning.gaussians.model import GaussianModel
+from cg_lightning.gaussians.model import GaussianModel, inverse_sigmoid
 from cg_lightning.render.gaussian import build_gaussian_rasterizer
 from cg_lightning.render.gaussian.projection import project_gaussians
 from cg_lightning.render.gaussian.reference import render_reference
 from cg_lightning.render.gaussian.torch_backend import (
     TorchGaussianRasterizer,
-    _CompositeTiles,
+    _CompositeSegments,
+    _Plan,
     rasterize_projected,
 )
+
+GOLDEN = Path("/work/shared/golden/rasterizer.npz")
 
 GRAD_NAMES = ("xyz", "features_dc", "opacity", "scaling", "rotation")
 
@@ -104,52 +111,120 @@ def test_matches_reference_with_view_dependent_colour():
     assert m.features_rest.grad.abs().sum() > 0
 
 
-def test_block_size_and_grouping_do_not_change_pixels():
+def test_block_and_segment_sizes_do_not_change_pixels():
     m = scene(n=300, seed=4)
     cam = orbit(-10, 10, width=64, height=56)
     bg = torch.ones(3)
-    base = TorchGaussianRasterizer(block_size=16).render(m, cam, bg)
-    for kwargs in ({"block_size": 8}, {"block_size": 4}, {"block_size": 8, "max_elems": 30_000}):
+    base = TorchGaussianRasterizer(block_size=16, segment=1000).render(m, cam, bg)
+    for kwargs in (
+        {"block_size": 8},
+        {"block_size": 4},
+        {"block_size": 8, "segment": 1},
+        {"block_size": 8, "segment": 3, "max_elems": 3_000},
+    ):
         other = TorchGaussianRasterizer(**kwargs).render(m, cam, bg)
         # only float rounding differs (the exponent is expanded around another block centre)
         torch.testing.assert_close(other.image, base.image, atol=2e-5, rtol=0)
         torch.testing.assert_close(other.alpha, base.alpha, atol=2e-5, rtol=0)
+
+
+def test_saturated_blocks_stop_early_without_changing_pixels():
+    """Opaque scene: blocks leave the walk once all their pixels stopped, so far fewer elements are evaluated
+    than a full walk, and the pixels equal the full walk's and the naive reference's."""
+    m = scene(n=400, seed=9, scale_shift=1.2, opacity=4.0)
+    cam, bg = orbit(0, 0, width=48, height=40), torch.tensor([0.3, 0.6, 0.9])
+    short, full = TorchGaussianRasterizer(segment=4), TorchGaussianRasterizer(block_size=16, segment=10**6)
+    out_short, out_full = short.render(m, cam, bg), full.render(m, cam, bg)
+    torch.testing.assert_close(out_short.image, out_full.image, atol=2e-5, rtol=0)
+    assert (out_short.alpha > 0.9998).float().mean() > 0.5  # most pixels saturate
+    assert short.last_stats["elements"] < 0.5 * full.last_stats["elements"]
+    assert_matches_reference(m, cam, bg)
+
+
+def test_contributing_count_is_the_number_of_nonzero_weights():
+    m = scene(n=200, seed=10, opacity=2.0)
+    cam = orbit(0, 30, width=32, height=32)
+    r = TorchGaussianRasterizer(count_contributing=True)
+    r.render(m, cam, torch.ones(3))
+    ref = render_reference(m, cam, torch.ones(3))  # count pixels x Gaussians with a non-zero weight
     proj = project_gaussians(m.means, m.scales, m.rotations, cam)
-    args = (
-        proj.pix,
-        proj.conic,
-        m.opacities[:, 0],
-        proj.depth,
-        m.colors,
-        proj.cov2d,
-        proj.radii,
-        proj.rect,
-        64,
-        56,
-        bg,
-    )
-    coarse = rasterize_projected(*args, group_ratio=0.3)[0]
-    fine = rasterize_projected(*args, group_ratio=0.98)[0]
-    torch.testing.assert_close(coarse, fine, atol=2e-5, rtol=0)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    with torch.no_grad():
+        dx = proj.pix[:, 0, None, None] - 0.5 - xx
+        dy = proj.pix[:, 1, None, None] - 0.5 - yy
+        a, b, c = (proj.conic[:, k, None, None] for k in range(3))
+        alpha = (m.opacities[:, 0, None, None] * torch.exp(-0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy))
+        alpha = alpha.clamp(max=0.99) * (alpha >= 1 / 255) * (proj.radii > 0)[:, None, None]
+        order = torch.argsort(proj.depth)
+        log_t = torch.cumsum(torch.log1p(-alpha[order]), 0)
+        expected = int(((log_t >= math.log(1e-4)) & (alpha[order] > 0)).sum())
+    assert 0 < r.last_stats["contributing"] <= r.last_stats["elements"]
+    assert abs(r.last_stats["contributing"] - expected) <= 0.002 * expected  # 3-sigma tile cull differs a hair
+    assert ref.alpha.max() > 0.99
+
+
+@pytest.mark.skipif(not GOLDEN.exists(), reason="golden fixtures not available")
+def test_matches_golden_transliteration_of_the_cuda_forward():
+    """The six scenes of the golden fixture (a float64 transliteration of diff-gaussian-rasterization's
+    forward pass) within the tolerances its README records: image 2.3e-6, alpha 2.8e-6, depth 6.9e-6."""
+    data = np.load(GOLDEN)
+    worst = {"image": 0.0, "alpha": 0.0, "depth": 0.0}
+    for i in range(int(data["num_scenes"])):
+        g = {k[len(f"s{i}_") :]: torch.from_numpy(np.asarray(data[k])) for k in data.files if k.startswith(f"s{i}_")}
+        n = g["means"].shape[0]
+        model = GaussianModel(
+            g["means"].float(),
+            g["features_dc"].float(),
+            torch.zeros(n, 0, 3),
+            inverse_sigmoid(g["opacities"].double()).float()[:, None],
+            torch.log(g["scales"].double()).float(),
+            g["rotations_raw"].float(),
+        )
+        elev, azim, radius, fovy = g["orbit_elev_azim_radius_fovy"].tolist()
+        width, height = g["width_height"].tolist()
+        cam = orbit(elev, azim, radius=radius, fovy_deg=fovy, width=width, height=height)
+        with torch.no_grad():
+            out = TorchGaussianRasterizer().render(model, cam, g["bg"].float())
+        assert torch.equal(out.radii, g["radii"].to(torch.int32)), f"scene {i} radii"
+        for key, got, want in (
+            ("image", out.image, g["image"]),
+            ("alpha", out.alpha[0], g["alpha"]),
+            ("depth", out.depth[0], g["depth"]),
+        ):
+            worst[key] = max(worst[key], (got.double() - want).abs().max().item())
+    assert worst["image"] <= 2.3e-6 and worst["alpha"] <= 2.8e-6 and worst["depth"] <= 6.9e-6, worst
 
 
 def test_composite_backward_passes_gradcheck():
+    """Closed-form backward of the segmented walk, with a carried transmittance across 3 rounds."""
     g = torch.Generator().manual_seed(0)
-    tiles, length, pixels = 2, 5, 16
-    coef = torch.zeros(tiles, length, 6, dtype=torch.float64)
-    coef[..., :3] = -0.01 * torch.rand(tiles, length, 3, generator=g, dtype=torch.float64)  # gentle falloff
-    coef[..., 2] = 0.0
-    coef[..., 3:5] = 0.02 * torch.randn(tiles, length, 2, generator=g, dtype=torch.float64)
-    coef[..., 5] = torch.log(0.1 + 0.5 * torch.rand(tiles, length, generator=g, dtype=torch.float64))
-    attr = torch.rand(tiles, length, 5, generator=g, dtype=torch.float64)
+    blocks, length, pixels = 2, 7, 16
+    n = blocks * length
+    coef = torch.zeros(n + 1, 6, dtype=torch.float64)
+    coef[:n, :3] = -0.01 * torch.rand(n, 3, generator=g, dtype=torch.float64)  # gentle falloff
+    coef[:n, 2] = 0.0
+    coef[:n, 3:5] = 0.02 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    coef[:n, 5] = torch.log(0.1 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64))
+    coef[n, 5] = -1e4  # the pad pair
+    attr = torch.rand(n + 1, 5, dtype=torch.float64, generator=g)
     u = torch.arange(4, dtype=torch.float64) - 1.5
     vv, uu = torch.meshgrid(u, u, indexing="ij")
     uu, vv = uu.reshape(-1), vv.reshape(-1)
     feat = torch.stack([uu * uu, vv * vv, uu * vv, uu, vv, torch.ones_like(uu)], -1)
     assert feat.shape[0] == pixels
+    counts = torch.tensor([length, length - 2])
+    dead = torch.zeros(blocks, pixels, dtype=torch.bool)
+    dead[1, :3] = True  # pixels outside the image
+
+    def run(c, a):
+        plan = _Plan(torch.tensor([0, length]), counts, n, dead, 3, 10**6, False, False)
+        out = _CompositeSegments.apply(c, a, feat, plan)
+        assert plan.rounds == 3
+        return out
+
     coef.requires_grad_(True)
     attr.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda c, a: _CompositeTiles.apply(c, a, feat, 1, False), (coef, attr))
+    assert torch.autograd.gradcheck(run, (coef, attr))
 
 
 def test_means2d_gradient_is_in_ndc_units():

@@ -9,19 +9,22 @@ How it stays vectorised (no Python loop over tiles or Gaussians):
    rectangle. Pairs that provably cannot reach alpha >= 1/255 anywhere in the block (distance to the block's
    pixel centres versus the ellipse's widest axis and the opacity) are dropped: this changes no pixel. A
    stable sort by block of pairs emitted in depth order gives every block's front-to-back list.
-2. Blocks are grouped by list length and padded per group, so each group is one dense (blocks, 64, L) tensor.
+2. Blocks are composited in rounds of ``segment`` list entries, each round one dense (blocks, 64, segment)
+   tensor, carrying each pixel's log transmittance. A block whose pixels have all stopped leaves the walk, so
+   the work ends at each block's termination point and padding is at most one segment per block (at 20k
+   Gaussians, 256 px, the evaluated elements are 2.4-2.7x the contributing ones; before, 2.5-16x).
 3. The exponent ``log o - 0.5 d^T conic d`` is a quadratic in the pixel offset from the block centre, so one
-   matmul of 6 pixel features with 6 per-pair coefficients gives every alpha. Transmittance is ``exp`` of an
-   exclusive cumsum of ``log(1 - alpha)``; the 1e-4 stop is the prefix where the inclusive sum stays >=
-   log(1e-4) (transmittance only decreases, so this equals the sequential rule).
-4. A custom autograd function composites and back-propagates each group with the closed-form 3DGS gradient,
-   keeping only alpha and the weights, so memory is linear in (Gaussians x covered pixels).
+   matmul of 6 pixel features with 6 per-pair coefficients gives every alpha (summed in float64 on CPU: the
+   terms cancel far from the block centre). Transmittance is ``exp`` of an exclusive cumsum of
+   ``log(1 - alpha)``; the 1e-4 stop is the prefix where the inclusive sum stays >= log(1e-4) (transmittance
+   only decreases, so this equals the sequential rule).
+4. A custom autograd function composites and back-propagates the rounds with the closed-form 3DGS gradient,
+   keeping only alpha and the weights of evaluated elements, so memory is linear in the work done.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import torch
@@ -53,104 +56,121 @@ def _pixel_features(tile: int, device: torch.device, dtype: torch.dtype) -> Tens
     return torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)
 
 
-class _Scratch(threading.local):
-    """Reusable CPU buffers for the per-chunk temporaries.
+class _Plan:
+    """Where every block's front-to-back list lives in the flat pair arrays, and how to walk it.
 
-    A fresh multi-megabyte CPU tensor is first-touch page-faulted by the kernel, which costs several times
-    more than the arithmetic on it; reusing one buffer avoids that. Only temporaries that die inside one
-    forward or backward call live here. CUDA has a caching allocator, so it allocates normally.
+    ``starts``/``counts`` index the sorted pairs; ``pad`` is the index of an all-zero dummy pair that fills the
+    tail of a block's last segment; ``dead`` marks pixels outside the image (they start terminated, so partial
+    edge blocks can terminate too); ``segment`` is the list length composited per round. The counters are
+    filled by the forward pass.
     """
 
-    def __init__(self) -> None:
-        self.buf: Tensor | None = None
+    def __init__(
+        self,
+        starts: Tensor,
+        counts: Tensor,
+        pad: int,
+        dead: Tensor,
+        segment: int,
+        max_elems: int,
+        may_clamp: bool,
+        count_contributing: bool,
+    ) -> None:
+        self.starts, self.counts, self.pad, self.dead = starts, counts, pad, dead
+        self.segment, self.max_elems = segment, max_elems
+        self.may_clamp, self.count_contributing = may_clamp, count_contributing
+        self.evaluated = 0
+        self.contributing = 0
+        self.rounds = 0
 
-    def take(self, like: Tensor, count: int) -> list[Tensor]:
-        if like.device.type != "cpu":
-            return [torch.empty_like(like) for _ in range(count)]
-        n = like.numel()
-        buf = self.buf
-        if buf is None or buf.dtype != like.dtype or buf.numel() < n * count:
-            buf = self.buf = torch.empty(n * count, dtype=like.dtype)
-        return [buf[i * n : (i + 1) * n].view(like.shape) for i in range(count)]
 
+class _CompositeSegments(torch.autograd.Function):
+    """out[b, p] = sum_i w[b, p, i] attr[i], w = alpha T front to back, alpha = exp(feat @ coef[i]).
 
-_SCRATCH = _Scratch()
-
-
-class _CompositeTiles(torch.autograd.Function):
-    """out[t, p] = sum_i w[t, p, i] attr[t, i], w = alpha T front to back, alpha = exp(feat @ coef).
-
-    Written with dense, in-place, mask-free passes (boolean masks, log1p and fresh allocations are slow on
-    CPU). ``may_clamp`` says whether some opacity is close enough to 0.99 for the clamp to bite; if not, the
-    clamp passes are skipped.
+    Blocks are composited in rounds of ``segment`` list entries each, carrying every pixel's log transmittance
+    from round to round. After each round, a block whose pixels have all stopped (T below 1e-4) leaves the
+    walk: nothing behind that point can change its pixels, so it is never evaluated. Padding is at most one
+    segment per block. Each round is a few dense, in-place passes (boolean masks and log1p are slow on CPU);
+    the backward walks the rounds in reverse, carrying ``sum_{j behind} w_j g_j`` per pixel.
     """
 
     @staticmethod
-    def forward(ctx, coef: Tensor, attr: Tensor, feat: Tensor, chunk: int, may_clamp: bool) -> Tensor:
-        n_tiles, length, _ = coef.shape
-        out = coef.new_empty(n_tiles, feat.shape[0], attr.shape[-1])
-        alpha_all = coef.new_empty(n_tiles, feat.shape[0], length)
-        w_all = torch.empty_like(alpha_all)
-        one = coef.new_ones(())
-        for s in range(0, n_tiles, chunk):
-            alpha, w = alpha_all[s : s + chunk], w_all[s : s + chunk]
-            (cum,) = _SCRATCH.take(alpha, 1)
-            torch.matmul(feat, coef[s : s + chunk].transpose(1, 2), out=alpha)  # log(o) + power, (t, P, L)
-            alpha.exp_()
-            if may_clamp:
-                alpha.clamp_(max=ALPHA_MAX)
-            torch.nn.functional.threshold_(alpha, _THRESH, 0.0)  # alpha < 1/255 -> skipped
-            torch.sub(one, alpha, out=w).log_()  # log(1 - alpha)
-            torch.cumsum(w, dim=-1, out=cum)  # log T_inclusive
-            if bool((cum[..., -1] < LOG_T_MIN).any()):  # cum decreases: last column decides
-                torch.nn.functional.threshold_(cum, _LOG_T_THRESH, -math.inf)  # T_incl < 1e-4 -> stop
-            torch.sub(cum, w, out=w).exp_().mul_(alpha)  # alpha * T_exclusive (0 if stopped)
-            torch.matmul(w, attr[s : s + chunk], out=out[s : s + chunk])
-        ctx.chunk, ctx.may_clamp = chunk, may_clamp
-        ctx.save_for_backward(coef, attr, feat, alpha_all, w_all)
+    def forward(ctx, coef: Tensor, attr: Tensor, feat: Tensor, plan: _Plan) -> Tensor:
+        n_blocks, n_pix = plan.counts.numel(), feat.shape[0]
+        seg = max(1, min(plan.segment, int(plan.counts.max())))
+        out = attr.new_zeros(n_blocks, n_pix, attr.shape[-1])
+        log_t = torch.where(plan.dead, -math.inf, 0.0).to(attr.dtype)  # inclusive log T carried between rounds
+        ends = plan.starts + plan.counts
+        slots = torch.arange(seg, device=coef.device)
+        one = attr.new_ones(())
+        feat_e = feat.to(coef.dtype)  # the exponent is summed in coef's dtype (see rasterize_projected)
+        rows_per_chunk = max(1, plan.max_elems // (n_pix * seg))
+        saved: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        active = torch.nonzero(plan.counts > 0).squeeze(1)
+        base = 0
+        while active.numel() > 0:
+            for rows in torch.split(active, rows_per_chunk):
+                pos = plan.starts[rows, None] + base + slots
+                pos = torch.where(pos < ends[rows, None], pos, plan.pad)
+                c, a = coef[pos], attr[pos]  # (n, S, 6), (n, S, C)
+                alpha = torch.matmul(feat_e, c.transpose(1, 2)).to(attr.dtype)  # log(o) + power, (n, P, S)
+                alpha.exp_()
+                if plan.may_clamp:
+                    alpha.clamp_(max=ALPHA_MAX)
+                torch.nn.functional.threshold_(alpha, _THRESH, 0.0)  # alpha < 1/255 -> skipped
+                w = torch.sub(one, alpha).log_()  # log(1 - alpha)
+                cum = torch.cumsum(w, dim=-1).add_(log_t[rows, :, None])  # log T inclusive
+                if bool((cum[..., -1] < LOG_T_MIN).any()):  # cum decreases: last column decides
+                    torch.nn.functional.threshold_(cum, _LOG_T_THRESH, -math.inf)  # T_incl < 1e-4 -> stop
+                log_t[rows] = cum[..., -1]
+                torch.sub(cum, w, out=w).exp_().mul_(alpha)  # alpha * T_exclusive (0 once stopped)
+                out.index_add_(0, rows, torch.matmul(w, a))
+                saved.append((rows, pos, alpha, w))
+                plan.evaluated += w.numel()
+                if plan.count_contributing:
+                    plan.contributing += int(torch.count_nonzero(w))
+            base += seg
+            alive = ~torch.isneginf(log_t[active]).all(dim=1)
+            active = active[alive & (plan.counts[active] > base)]
+            plan.rounds += 1
+        ctx.plan, ctx.saved = plan, saved
+        ctx.save_for_backward(coef, attr, feat)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        coef, attr, feat, alpha_all, w_all = ctx.saved_tensors
-        chunk = ctx.chunk
-        grad_coef = torch.empty_like(coef) if ctx.needs_input_grad[0] else None
-        grad_attr = torch.empty_like(attr) if ctx.needs_input_grad[1] else None
+        coef, attr, feat = ctx.saved_tensors
+        plan = ctx.plan
+        need_coef, need_attr = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_coef = torch.zeros_like(coef, dtype=attr.dtype) if need_coef else None
+        grad_attr = torch.zeros_like(attr) if need_attr else None
         grad_out = grad_out.contiguous()
+        behind = grad_out.new_zeros(grad_out.shape[:2])  # sum over later rounds of w_j g_j, per pixel
         one = coef.new_ones(())
         alpha_max = coef.new_full((), ALPHA_MAX)
-        for s in range(0, coef.shape[0], chunk):
-            g_out, alpha, w = grad_out[s : s + chunk], alpha_all[s : s + chunk], w_all[s : s + chunk]
-            if grad_attr is not None:
-                torch.matmul(w.transpose(1, 2), g_out, out=grad_attr[s : s + chunk])
-            if grad_coef is None:
+        for rows, pos, alpha, w in reversed(ctx.saved):
+            g_out = grad_out[rows]  # (n, P, C)
+            flat = pos.reshape(-1)  # unique, except the pad pair whose gradient is never used
+            if need_attr:
+                grad_attr[flat] = torch.matmul(w.transpose(1, 2), g_out).reshape(-1, attr.shape[-1])
+            if not need_coef:
                 continue
             # dL/dlogit_i = w_i g_i - alpha_i / (1 - alpha_i) * sum_{j>i} w_j g_j   with g = dL/dw. Stopped
             # entries have w = 0 and nothing behind them, so they get exactly 0 without a mask.
-            gw, cum, ratio = _SCRATCH.take(alpha, 3)
-            torch.matmul(g_out, attr[s : s + chunk].transpose(1, 2), out=gw).mul_(w)
-            torch.cumsum(gw, dim=-1, out=cum)
-            cum.sub_(cum[..., -1:].clone())  # -sum_{j>i} w_j g_j
-            torch.sub(one, alpha, out=ratio)
+            gw = torch.matmul(g_out, attr[pos].transpose(1, 2)).mul_(w)
+            cum = torch.cumsum(gw, dim=-1)
+            total = cum[..., -1].clone()
+            cum.neg_().add_((total + behind[rows])[..., None])  # sum_{j>i} w_j g_j
+            behind[rows] += total
+            ratio = torch.sub(one, alpha)
             torch.div(alpha, ratio, out=ratio)
-            gw.addcmul_(ratio, cum)
-            if ctx.may_clamp:  # clamped alpha (== 0.99 exactly): zero gradient
+            gw.addcmul_(ratio, cum, value=-1.0)
+            if plan.may_clamp:  # clamped alpha (== 0.99 exactly): zero gradient
                 gw.mul_(torch.sub(alpha_max, alpha, out=ratio).sign_())
-            torch.matmul(gw.transpose(1, 2), feat, out=grad_coef[s : s + chunk])
-        return grad_coef, grad_attr, None, None, None
-
-
-def _group_tiles(counts: list[int], ratio: float) -> list[tuple[list[int], int]]:
-    """Greedy grouping of non-empty blocks (by pair count, descending): each group is padded to its first
-    block's count and only holds blocks with at least ``ratio`` times that many pairs."""
-    order = sorted(((c, i) for i, c in enumerate(counts) if c > 0), reverse=True)
-    groups: list[tuple[list[int], int]] = []
-    for c, i in order:
-        if groups and c >= ratio * groups[-1][1]:
-            groups[-1][0].append(i)
-        else:
-            groups.append(([i], c))
-    return groups
+            grad_coef[flat] = torch.matmul(gw.transpose(1, 2), feat).reshape(-1, 6)
+        if grad_coef is not None:
+            grad_coef = grad_coef.to(coef.dtype)
+        return grad_coef, grad_attr, None, None
 
 
 @torch.no_grad()
@@ -203,20 +223,6 @@ def _bin_pairs(
     return pair_g[keep][perm], block_id
 
 
-@torch.no_grad()
-def _padded_slots(counts: Tensor, groups: list[tuple[list[int], int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Flat pair index (``pad`` if empty) of every (block row, slot) of all groups, and each row's block."""
-    device = counts.device
-    rows = torch.tensor([t for tiles, _ in groups for t in tiles], device=device)
-    row_len = torch.tensor([length for tiles, length in groups for _ in tiles], device=device)
-    starts = torch.cumsum(counts, 0) - counts
-    row_of = torch.repeat_interleave(torch.arange(rows.numel(), device=device), row_len)
-    slot = torch.arange(row_of.numel(), device=device) - (torch.cumsum(row_len, 0) - row_len)[row_of]
-    blk = rows[row_of]
-    pos = torch.where(slot < counts[blk], starts[blk] + slot, torch.full_like(slot, pad))
-    return pos, rows
-
-
 def rasterize_projected(
     pix: Tensor,
     conic: Tensor,
@@ -231,24 +237,25 @@ def rasterize_projected(
     bg: Tensor,
     tile: int = TILE,
     block: int = 8,
-    max_elems: int = 1 << 23,
-    group_ratio: float | None = None,
+    segment: int = 16,
+    max_elems: int = 1 << 22,
     stats: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Composite projected Gaussians: image (3,H,W) over ``bg`` (not clamped), alpha (1,H,W), depth (1,H,W).
 
     ``rect`` is in units of ``tile`` (the 16 px tiles that decide which pixels a Gaussian may touch, as in
     3DGS); the work is done on ``block`` x ``block`` pixel blocks inside those rectangles, which culls more
-    empty (Gaussian, pixel) pairs without changing any pixel. ``max_elems`` bounds the temporaries of one
-    chunk; ``group_ratio`` is the minimum fill of a padded group (blocks with L..ratio*L pairs share one
-    padded tensor). ``stats``, if given, receives the work size: pairs, padded elements (the saved tensors
-    hold 2 floats each), groups.
+    empty (Gaussian, pixel) pairs without changing any pixel. Each block's list is walked ``segment`` entries
+    at a time and dropped once all its pixels have stopped. ``max_elems`` bounds the temporaries of one
+    chunk. ``stats``, if given, receives the work size: ``pairs`` (block, Gaussian) pairs, ``elements``
+    (pixel, Gaussian) evaluations, ``rounds``; with ``stats["count_contributing"] = True`` also
+    ``contributing``, the elements with a non-zero weight (an extra pass).
     """
     if tile % block:
         raise ValueError(f"block ({block}) must divide tile ({tile})")
+    if segment < 1:
+        raise ValueError(f"segment ({segment}) must be >= 1")
     device, dtype = pix.device, pix.dtype
-    if group_ratio is None:  # finer groups pad less; on GPU every group costs kernel launches
-        group_ratio = 0.95 if device.type == "cpu" else 0.8
     n_bx, n_by = (width + block - 1) // block, (height + block - 1) // block
     n_blocks, n_pix, channels = n_bx * n_by, block * block, colors.shape[1] + 2
     rect = torch.minimum(rect * (tile // block), rect.new_tensor([n_bx, n_by, n_bx, n_by]))
@@ -258,20 +265,21 @@ def rasterize_projected(
     pair_g, block_id = _bin_pairs(
         pix.detach()[vis], opacity.detach()[vis], cov2d.detach()[vis], rect[vis], n_bx, block, width, height
     )
-    full = torch.zeros(n_blocks, n_pix, channels, device=device, dtype=dtype)
+    count_contributing = bool(stats is not None and stats.get("count_contributing"))
     if stats is not None:
-        stats.update(pairs=int(pair_g.numel()), elements=0, groups=0)
+        stats.update(pairs=int(pair_g.numel()), elements=0, rounds=0, contributing=0)
     if pair_g.numel() > 0:
         counts = torch.bincount(block_id, minlength=n_blocks)
-        groups = _group_tiles(counts.tolist(), group_ratio)
-        pos, rows = _padded_slots(counts, groups, pad=pair_g.numel())
         # Per-pair coefficients of the exponent as a quadratic in the pixel offset u, v from the block centre:
-        # log o - 0.5 (a dx^2 + c dy^2) - b dx dy with dx = u - ddx, dy = v - ddy.
-        centre = torch.stack([block_id % n_bx, block_id // n_bx], dim=-1).to(dtype) * block + 0.5 * block
+        # log o - 0.5 (a dx^2 + c dy^2) - b dx dy with dx = u - ddx, dy = v - ddy. Far from the block centre
+        # its terms are large and cancel, so on CPU the coefficients and their sum are float64 (float32
+        # rounding there reached 4e-6 in the image; the rest stays in float32).
+        edtype = torch.float64 if device.type == "cpu" and dtype == torch.float32 else dtype
+        centre = torch.stack([block_id % n_bx, block_id // n_bx], dim=-1).to(edtype) * block + 0.5 * block
         gp = vis[pair_g]
-        ca, cb, cc = conic[gp].unbind(-1)
-        ddx, ddy = (pix[gp] - centre).unbind(-1)
-        log_o = torch.log(opacity[gp].clamp_min(1e-30))
+        ca, cb, cc = conic[gp].to(edtype).unbind(-1)
+        ddx, ddy = (pix[gp].to(edtype) - centre).unbind(-1)
+        log_o = torch.log(opacity[gp].clamp_min(1e-30)).to(edtype)
         coef = torch.stack(
             [
                 -0.5 * ca,
@@ -286,26 +294,25 @@ def rasterize_projected(
         coef = torch.cat([coef, coef.new_tensor([[0.0, 0.0, 0.0, 0.0, 0.0, _PAD_LOGIT]])])
         attr = torch.cat([colors - bg, depth[:, None], torch.ones_like(depth[:, None])], dim=1)[gp]
         attr = torch.cat([attr, attr.new_zeros(1, channels)])
-        may_clamp = bool(log_o.max() > LOG_ALPHA_MAX - 1e-3)
-        feat = _pixel_features(block, device, dtype)
-        sizes = [len(tiles) * length for tiles, length in groups]
+        r = torch.arange(block, device=device)
+        row_px = (torch.arange(n_by, device=device)[:, None] * block + r)[:, :, None]  # (by, v, 1)
+        col_px = (torch.arange(n_bx, device=device)[:, None] * block + r)[:, None, :]  # (bx, 1, u)
+        dead = (row_px[:, None] >= height) | (col_px[None] >= width)  # (by, bx, v, u)
+        plan = _Plan(
+            starts=torch.cumsum(counts, 0) - counts,
+            counts=counts,
+            pad=pair_g.numel(),
+            dead=dead.reshape(n_blocks, n_pix),
+            segment=segment,
+            max_elems=max_elems,
+                may_clamp=bool(log_o.max() > LOG_ALPHA_MAX - 1e-3),
+            count_contributing=count_contributing,
+        )
+        full = _CompositeSegments.apply(coef, attr, _pixel_features(block, device, dtype), plan)
         if stats is not None:
-            stats.update(elements=sum(sizes) * n_pix, groups=len(groups))
-        coef_g = torch.split(coef[pos], sizes)
-        attr_g = torch.split(attr[pos], sizes)
-        outs = []
-        for (tiles, length), cg, ag in zip(groups, coef_g, attr_g, strict=True):
-            chunk = max(1, max_elems // (n_pix * length))
-            outs.append(
-                _CompositeTiles.apply(
-                    cg.view(len(tiles), length, 6),
-                    ag.view(len(tiles), length, channels),
-                    feat,
-                    chunk,
-                    may_clamp,
-                )
-            )
-        full = full.index_copy(0, rows, torch.cat(outs))
+            stats.update(elements=plan.evaluated, rounds=plan.rounds, contributing=plan.contributing)
+    else:
+        full = torch.zeros(n_blocks, n_pix, channels, device=device, dtype=dtype)
 
     img = full.reshape(n_by, n_bx, block, block, channels).permute(4, 0, 2, 1, 3)
     img = img.reshape(channels, n_by * block, n_bx * block)[:, :height, :width]
@@ -318,10 +325,19 @@ class TorchGaussianRasterizer:
 
     name = "torch"
 
-    def __init__(self, tile_size: int = TILE, block_size: int = 8, max_elems: int = 1 << 23) -> None:
+    def __init__(
+        self,
+        tile_size: int = TILE,
+        block_size: int = 8,
+        segment: int = 16,
+        max_elems: int = 1 << 22,
+        count_contributing: bool = False,
+    ) -> None:
         self.tile_size = int(tile_size)
         self.block_size = int(block_size)
+        self.segment = int(segment)
         self.max_elems = int(max_elems)
+        self.count_contributing = bool(count_contributing)  # benchmarks: fill last_stats["contributing"]
         self.last_stats: dict = {}
 
     def render(
@@ -333,6 +349,7 @@ class TorchGaussianRasterizer:
             means, model.scales * scale_modifier, model.rotations, camera, tile=self.tile_size
         )
         colors = gaussian_colors(model, camera)
+        self.last_stats = {"count_contributing": self.count_contributing}
         image, alpha, depth = rasterize_projected(
             proj.pix,
             proj.conic,
@@ -347,6 +364,7 @@ class TorchGaussianRasterizer:
             bg,
             tile=self.tile_size,
             block=self.block_size,
+            segment=self.segment,
             max_elems=self.max_elems,
             stats=self.last_stats,
         )
