@@ -6,7 +6,8 @@
   python experiments/build_tables.py outputs/ --wandb-log me/cg_lightning   # also into the sweep's W&B run
 
 Writes tables.md (both tables, failed/incomplete jobs), table1.csv, table2.csv, other.csv (experiments no paper row
-names), jobs.csv (one row per job, with its device / scale / launcher), failed.csv and table{1,2}.png. Table II is
+names), jobs.csv (one row per job, with its device / scale / launcher), failed.csv and table{1,2}.png, and truth.md
+(the ground-truth ablation table of oracle jobs, cg_lightning/evaluation/truth_table.py). Table II is
 averaged over the images every row finished (--all-images to turn that off). Rows whose jobs are not paper-scale GPU
 runs are marked. Exit status 0 even when some jobs failed; 1 when no finished job was found at all.
 """
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         which = ("1", "2") if args.table == "all" else (args.table,)
         common = True if args.common_images else (False if args.all_images else None)
         report = T.build_report(jobs, paper, out, which=which, common_only=common, plot=not args.no_plot)
+        from cg_lightning.evaluation.truth_table import truth_table_markdown
+
+        truth_md = truth_table_markdown(jobs, paper)  # oracle jobs: the ground-truth ablation table
+        if truth_md:
+            (out / "truth.md").write_text(truth_md)
         if args.wandb_log:
             entity, _, project = args.wandb_log.rpartition("/")
             where = T.log_report_to_wandb(report, project, entity=entity or None, roots=args.roots, options={
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     print((out / "tables.md").read_text())
+    if truth_md:
+        print(truth_md)
     print("written:", ", ".join(str(p) for p in report.files.values()))
     return 0 if any(j.status == "done" for j in jobs) else 1
 
