@@ -50,6 +50,10 @@ smoke: ## Whole pipeline on CPU in about a minute (tiny random prior)
 weights: ## Fetch every real weight a GPU user needs (Zero123-XL, Real-ESRGAN, u2net, LPIPS VGG, CLIP)
 	$(PYTHON) -m cg_lightning.weights
 
+.PHONY: case
+case: ## Make a ground-truth case from any mesh: make case MESH=asset.glb OUT=experiments/data/<name> [ELEVATION=0]
+	$(PYTHON) -m cg_lightning.objects.make_case $(MESH) --out $(OUT) --elevation $(or $(ELEVATION),0)
+
 bench: ## Benchmarks on the current device (rasterizers, mesh extraction, both stages, oracle pipeline)
 	$(PYTHON) experiments/benchmarks/bench_gaussian_raster.py
 	$(PYTHON) experiments/benchmarks/bench_mesh_raster.py
