@@ -43,3 +43,11 @@ class NonFiniteError(CGError):
 
 class OutputError(CGError):
     """The output directory cannot be written (read-only, disk full, ...)."""
+
+
+class PreflightError(CGError):
+    """Weights or backends the composed config needs are missing; ``missing`` lists every one of them."""
+
+    def __init__(self, message: str, missing: list) -> None:
+        self.missing = list(missing)
+        super().__init__(message)

