@@ -31,7 +31,7 @@ BOX = ROOT / "experiments" / "data" / "box" / "box_rgba.png"
 #: the cheapest real stage 1: 300 Gaussians, 32 px, reference losses + SDS of the tiny prior, a checkpoint per step
 TINY_STAGE1 = ["+experiment=smoke", f"image={BOX}", "stages=[stage1]", "stage1.num_points=300", "stage1.ref_size=32",
                "stage1.views.resolution.values=[32,32]", "stage1.views.batch_size=1", "loss=dreamgaussian",
-               "preprocess=none", "trainer.enable_progress_bar=false", "callbacks.checkpoint_every_n_steps=1"]
+               "trainer.enable_progress_bar=false", "callbacks.checkpoint_every_n_steps=1"]
 TEMP_NAME = __import__("re").compile(r"\..+\.[a-z0-9_]{8}(\.[^.]*)?")
 
 
@@ -98,12 +98,13 @@ def assert_outputs_load(job: Path) -> None:
 
 
 STAGE1_LAYOUT = {"DONE", "state.json", "metrics.json", "config_resolved.yaml", "cmd.txt", "input/preprocessed_rgba.png",
-                 "input/reference_rgba.png", "stage1/point_cloud.ply", "stage1/ckpts/last.ckpt"}
+                 "input/reference_rgba.png", "stage1/point_cloud.ply", "stage1/ckpts/last.ckpt", "job.json",
+                 "provenance.json"}
 
 
 def layout(job: Path) -> set[str]:
-    """Output files of a job, without logs (csv/, wandb/, .hydra/, job.log)."""
-    skip = ("csv/", "wandb/", ".hydra/", "job.log")
+    """Output files of a job, without logs (csv/, wandb/, .hydra/, job.log) and the lock / heartbeat files."""
+    skip = ("csv/", "wandb/", ".hydra/", "job.log", ".lock", ".heartbeat")
     return {str(p.relative_to(job)) for p in job.rglob("*") if p.is_file() and not str(p.relative_to(job)).startswith(skip)}
 
 
@@ -280,3 +281,112 @@ def test_sigkill_mid_stage2_then_same_command_resumes(tmp_path):
     for name in ("stage2/model.glb", "stage2/model.obj", "mesh/coarse.glb"):
         assert Mesh.load(job / name).f.shape[0] > 0
     assert {"stage2/model.glb", "stage2/model.obj", "stage2/ckpts/last.ckpt", "mesh/coarse.glb"} <= layout(job)
+
+
+# ------------------------------------------------------------------------------------------------ kill anywhere
+#: the whole pipeline at its smallest: 3 stage-1 steps, a 32^3 mesh, 4 stage-2 steps, export and evaluation
+TINY_PIPELINE = [*(o for o in TINY_STAGE1 if not o.startswith("stages=")), "stage1.steps=3", "mesh.resolution=32", "mesh.iso=0.2", "mesh.remesh=false",
+                 "mesh.max_faces=2000", "mesh.texture_size=128", "mesh.bake_render_size=32", "stage2.steps=4",
+                 "stage2.ref_size=32", "stage2.views.resolution=32", "stage2.default_texture_size=64"]
+#: files that differ between two runs of one job by design: logs, records of the invocation, lock, checkpoints
+#: (they hold their own paths); metrics.json is compared key by key
+_NOT_RESULTS = ("csv/", "wandb/", ".hydra/", "job.log", "cmd.txt", "config_resolved.yaml", "state.json",
+                "provenance.json", "metrics.json", "DONE", ".lock", ".heartbeat")
+#: where a job is killed: (name, what must exist or be logged first, seconds to wait after it)
+KILL_POINTS = {
+    "stage1": ("stage1/ckpts/last.ckpt", 0.0),
+    "between stage1 and mesh": ("=== mesh ===", 0.0),
+    "mesh": ("=== mesh ===", 1.5),
+    "stage2": ("stage2/ckpts/last.ckpt", 0.0),
+    "export": ("=== export ===", 0.5),
+    "evaluate": ("=== evaluate ===", 0.5),
+}
+
+
+def result_files(job: Path) -> dict[str, str]:
+    import hashlib
+
+    return {rel: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(job.rglob("*"))
+            if p.is_file() and not (rel := str(p.relative_to(job))).startswith(_NOT_RESULTS)
+            and not rel.endswith(".ckpt")}
+
+
+def run_to_the_end(overrides: list[str], root: Path, cache: Path) -> Path:
+    res = subprocess.run([sys.executable, "launch.py", *overrides, f"paths.output_root={root}"], cwd=ROOT,
+                         env=launch_env(cache), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return only_job_dir(root)
+
+
+def kill_at(point: str, overrides: list[str], root: Path, cache: Path) -> None:
+    """SIGKILL the job at ``point`` (see :data:`KILL_POINTS`)."""
+    trigger, delay = KILL_POINTS[point]
+    proc = start(overrides, root, cache)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if trigger.startswith("==="):
+            logs = list(root.rglob("job.log")) if root.exists() else []
+            if logs and trigger in logs[0].read_text(errors="replace"):
+                break
+        elif root.exists() and any(root.rglob(trigger)):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended (rc={proc.returncode}) before the kill point {point!r}:\n"
+                        f"{proc.stderr_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert not (only_job_dir(root) / "DONE").exists(), f"the job finished before the kill point {point!r}"
+
+
+def assert_resumes_like_uninterrupted(tmp_path: Path, points: list[str]) -> None:
+    cache = tmp_path / "cache"
+    reference = run_to_the_end(TINY_PIPELINE, tmp_path / "uninterrupted", cache)
+    expected_files = result_files(reference)
+    expected = json.loads((reference / "metrics.json").read_text())
+    for point in points:
+        root = tmp_path / point.replace(" ", "_")
+        kill_at(point, TINY_PIPELINE, root, cache)
+        job = run_to_the_end(TINY_PIPELINE, root, cache)
+        assert result_files(job) == expected_files, f"killed during {point}: outputs differ"
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert set(metrics) == set(expected), f"killed during {point}: metrics.json keys differ"
+        for key, value in expected.items():
+            if not key.startswith(("time/", "memory/", "job/")):
+                assert metrics[key] == value, f"killed during {point}: {key} {metrics[key]} != {value}"
+        assert metrics["job/attempts"] == 2 and expected["job/attempts"] == 1
+        for step in ("input", "stage1", "mesh", "stage2", "export", "evaluate"):
+            assert metrics[f"time/{step}_s"] > 0, step
+        assert metrics["time/all_steps_s"] == pytest.approx(sum(metrics[f"time/{s}_s"] for s in
+                                                                ("input", "stage1", "mesh", "stage2", "export",
+                                                                 "evaluate")))
+        provenance = json.loads((job / "provenance.json").read_text())
+        assert [a["outcome"] for a in provenance["attempts"]] == ["running", "finished"]  # the kill left no end
+
+
+def test_killed_during_mesh_or_stage2_resumes_bit_identically(tmp_path):
+    """The short version (``make test``); the slow one kills at every stage and between stages."""
+    assert_resumes_like_uninterrupted(tmp_path, ["mesh", "stage2"])
+
+
+@pytest.mark.slow
+def test_killed_anywhere_resumes_bit_identically(tmp_path):
+    assert_resumes_like_uninterrupted(tmp_path, list(KILL_POINTS))
+
+
+@pytest.mark.slow
+def test_two_identical_commands_at_once_second_stops(tmp_path):
+    """The second process exits 2 naming the first; the first finishes alone (one stage-1 section in job.log)."""
+    root, cache = tmp_path / "outputs", tmp_path / "cache"
+    overrides = [*TINY_STAGE1, "stage1.steps=6"]
+    first = start(overrides, root, cache)
+    wait_for("stage1/ckpts/last.ckpt", root, first)
+    second = subprocess.run([sys.executable, "launch.py", *overrides, f"paths.output_root={root}"], cwd=ROOT,
+                            env=launch_env(cache), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"is in use by process {first.pid}" in second.stderr
+    assert first.wait(timeout=600) == 0
+    job = only_job_dir(root)
+    assert (job / "job.log").read_text().count("=== stage1 ===") == 1
+    assert_outputs_load(job)
