@@ -203,10 +203,7 @@ def test_nvdiffrast_arguments(recorded_nvdiffrast, golden):
     name, (a, _, t), kw = rec.calls[-1]
     assert name == "interpolate" and a.dtype == torch.float32 and t.dtype == torch.int32
     assert "diff_attrs" not in kw
-    try:
-        out = rast.interpolate(attr, r, tri, rast_db=torch.zeros(1, 4, 5, 4))
-    except TypeError:  # an adapter without exact derivatives yet
-        pytest.skip("this nvdiffrast adapter does not forward rast_db")
+    out = rast.interpolate(attr, r, tri, rast_db=torch.zeros(1, 4, 5, 4))
     _, _, kw = rec.calls[-1]
     assert kw["diff_attrs"] == "all" and kw["rast_db"].shape == (1, 4, 5, 4)  # DG's exact UV derivatives
     assert isinstance(out, tuple) and out[1].shape == (1, 4, 5, 4)
