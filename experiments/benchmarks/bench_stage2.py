@@ -8,15 +8,23 @@ quality - the same loop with the oracle prior (``refine`` returns the true rende
           ``grey`` (0.5 everywhere: the stage-2 default for an untextured mesh) or ``washed`` (blurred, half-contrast
           ground truth, a stand-in for a blurry bake). Textured novel-view PSNR before/after over 12 views
           (8 azimuths at elevation 0, 4 at elevation -30), on white, full image and object pixels only.
+coarse  - the same loop from the coarse mesh of a finished oracle run (``--run JOB_DIR``, ``--objects`` its object):
+          PSNR before/after at the oracle benchmark's 16 views (elevations 0 and -30, 8 azimuths), and the squared
+          error split by where it comes from: pixels both meshes cover, pixels only ours covers (our surface
+          outside the true silhouette) and pixels only the truth covers. ``--stage2 key=value`` sets TextureStage
+          arguments (e.g. ``silhouette=antialiased texture_lr=0.02``), ``--oracle key=value`` OraclePrior ones.
 
     python experiments/benchmarks/bench_stage2.py                        # both parts, defaults above
     python experiments/benchmarks/bench_stage2.py --part quality --objects box sphere torus --size 256
     python experiments/benchmarks/bench_stage2.py --part speed --threads 1
+    python experiments/benchmarks/bench_stage2.py --part coarse --run outputs/.../seed0/... --objects box \
+        --size 256 --ref-size 128
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -69,11 +77,25 @@ def with_texture(mesh: Mesh, albedo: torch.Tensor) -> Mesh:
     return Mesh(v=mesh.v, f=mesh.f, vn=mesh.vn, vt=mesh.vt, albedo=albedo)
 
 
-def make_stage(mesh: Mesh, folder: Path, prior, args: argparse.Namespace) -> TextureStage:
+def key_values(items: list[str]) -> dict:
+    """``key=value`` strings -> dict, values parsed as JSON when they are JSON (numbers, true/false), else strings."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def make_stage(mesh: Mesh, folder: Path, prior, args: argparse.Namespace,
+               reference: ReferenceImage | None = None) -> TextureStage:
     views = ViewSampler(batch_size=args.batch_size, resolution=args.size, invert_bg_prob=0.0, seed=args.seed)
-    return TextureStage(mesh=mesh, reference=load_reference(folder), prior=prior,
+    return TextureStage(mesh=mesh, reference=reference or load_reference(folder), prior=prior,
                         rasterizer=build_mesh_rasterizer(args.renderer), steps=args.steps, ref_size=args.ref_size,
-                        views=views, refine_steps=50, log_images_every_n_steps=0, seed=args.seed)
+                        views=views, refine_steps=50, log_images_every_n_steps=0, seed=args.seed,
+                        **key_values(args.stage2))
 
 
 def fit(stage: TextureStage, device: torch.device) -> tuple[float, float]:
@@ -99,6 +121,43 @@ def evaluate(stage: TextureStage, gt: Mesh, size: int) -> tuple[float, float]:
         full.append(psnr(mine.image, truth.image))
         obj.append(psnr(mine.image, truth.image, mask))
     return float(np.mean(full)), float(np.mean(obj))
+
+
+COARSE_VIEWS = [(e, float(a)) for e in (0.0, -30.0) for a in np.linspace(0, 360, 8, endpoint=False)]
+
+
+@torch.no_grad()
+def error_split(pred: Mesh, gt: Mesh, rasterizer, size: int) -> dict:
+    """PSNR over COARSE_VIEWS (the oracle benchmark's) and each coverage region's share of the mean squared error."""
+    white = torch.ones(3)
+    sse = {"both": 0.0, "ours_only": 0.0, "truth_only": 0.0}
+    mses = []
+    for e, a in COARSE_VIEWS:
+        cam = orbit(e, a, width=size, height=size)
+        mine, truth = render_mesh(pred, cam, rasterizer, white), render_mesh(gt, cam, rasterizer, white)
+        err = ((mine.image - truth.image) ** 2).mean(0)
+        mses.append(float(err.mean()))
+        ours, true = mine.alpha[0] > 0.5, truth.alpha[0] > 0.5
+        for key, m in (("both", ours & true), ("ours_only", ours & ~true), ("truth_only", ~ours & true)):
+            sse[key] += float(err[m].sum()) / (size * size * len(COARSE_VIEWS))
+    return {"psnr": 10 * math.log10(1 / float(np.mean(mses))), **sse}
+
+
+def run_coarse(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+    from PIL import Image
+
+    job = Path(args.run)
+    gt = Mesh.load(DATA / name / "model.glb")
+    coarse = Mesh.load(job / "mesh" / "coarse.glb")
+    rgba = np.asarray(Image.open(job / "input" / "reference_rgba.png").convert("RGBA"))
+    prior = OraclePrior(mesh_path=str(DATA / name / "model.glb"), resolution=args.oracle_resolution,
+                        rasterizer=args.renderer, **key_values(args.oracle))
+    stage = make_stage(coarse.to(device), DATA / name, prior, args, ReferenceImage.from_rgba(rgba, elevation=0.0))
+    ras = build_mesh_rasterizer(args.renderer)
+    before = error_split(coarse, gt, ras, args.eval_size)
+    seconds, cpu = fit(stage, device)
+    after = error_split(stage.export_mesh(), gt, ras, args.eval_size)
+    return {"object": name, "time_s": seconds, "cpu_s": cpu, "before": before, "after": after}
 
 
 def run_speed(name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -131,7 +190,10 @@ def run_quality(name: str, init: str, args: argparse.Namespace, device: torch.de
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["speed", "quality", "both"], default="both")
+    parser.add_argument("--part", choices=["speed", "quality", "both", "coarse"], default="both")
+    parser.add_argument("--run", default=None, help="coarse part: the job directory of a finished oracle run")
+    parser.add_argument("--stage2", nargs="*", default=[], help="TextureStage arguments key=value")
+    parser.add_argument("--oracle", nargs="*", default=[], help="OraclePrior arguments key=value")
     parser.add_argument("--objects", nargs="+", default=None, help="default: speed on sphere, quality on all")
     parser.add_argument("--inits", nargs="+", default=["grey", "washed"], choices=["grey", "washed"])
     parser.add_argument("--steps", type=int, default=50)
@@ -182,6 +244,16 @@ def main() -> None:
         for r in rows:
             print(f"{r['object']:8} {r['init']:7} {r['time_s']:7.1f} {r['before'][0]:11.2f} {r['after'][0]:10.2f} "
                   f"{r['before'][1]:15.2f} {r['after'][1]:14.2f}")
+    if args.part == "coarse":
+        if args.run is None or not args.objects or len(args.objects) != 1:
+            parser.error("--part coarse needs --run JOB_DIR and --objects <its object>")
+        r = run_coarse(args.objects[0], args, device)
+        print(f"\ncoarse mesh of {args.run}\nstage2 {args.stage2} oracle {args.oracle}")
+        print(f"{'':7} {'PSNR':>6} {'MSE both':>9} {'MSE ours only':>13} {'MSE truth only':>14}")
+        for when in ("before", "after"):
+            m = r[when]
+            print(f"{when:7} {m['psnr']:6.2f} {m['both']:9.5f} {m['ours_only']:13.5f} {m['truth_only']:14.5f}")
+        print(f"stage 2: {r['time_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU")
     if tmp is not None:
         tmp.cleanup()
 
