@@ -32,3 +32,20 @@ def test_table_rows_means_and_failures():
     assert any(line.startswith("| mug | no_refine") and "0.0500 ± 0.0000" in line for line in lines)
     assert "full[+debug=oracle_noisy]: Missing weights: LPIPS-vgg" in md and "full 0.307 / 0.764" in md
     assert truth_table_markdown([job("a", "x", 0, 0, status="failed")]) is None
+
+
+def test_oracle_ablation_sweep_grid():
+    """The sweep file: the Table II variants that mean something at CPU size, the noisy preset, 2 seeds, 5 cases."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    root = Path(__file__).resolve().parents[1]
+    params = OmegaConf.load(root / "conf" / "sweep" / "oracle_ablations.yaml").hydra.sweeper.params
+    assert list(params) == ["+experiment", "+debug", "seed", "image"]  # +debug after +experiment: the preset wins
+    assert params["+experiment"].split(",") == ["full", "no_qa_triplet", "no_refine", "dreamgaussian"]
+    assert params["+debug"] == "oracle_noisy" and params.seed == "0,1"
+    images = [s.strip() for s in params.image.split(",")]
+    assert [Path(i).parent.name for i in images] == ["box", "sphere", "torus", "table", "mug"]
+    for image in images:
+        assert (root / image).is_file() and (root / image).with_name("model.glb").is_file()
