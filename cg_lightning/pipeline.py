@@ -208,7 +208,7 @@ def _record_invocation(cfg: DictConfig, output_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ the job
 def _run_job(cfg: DictConfig, output_dir: Path, identity: dict[str, Any] | None) -> dict[str, Any] | None:
-    from cg_lightning.runtime.device import resolve_device
+    from cg_lightning.runtime.device import configure_cpu_threads, resolve_device
     from cg_lightning.runtime.provenance import ProvenanceFile, collect_provenance
     from cg_lightning.runtime.state import Heartbeat, JobState
 
@@ -219,6 +219,7 @@ def _run_job(cfg: DictConfig, output_dir: Path, identity: dict[str, Any] | None)
         state = JobState(output_dir)
         state.begin_attempt()
         device = resolve_device(cfg.device)
+        configure_cpu_threads()  # OMP_NUM_THREADS, else usable CPUs / jobs the launcher runs at once
         provenance = ProvenanceFile(output_dir)
         provenance.begin(collect_provenance(device))
         outcome = "failed"
