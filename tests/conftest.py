@@ -14,8 +14,9 @@ CONF_DIR = ROOT / "conf"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-# One thread per process: tests start launch.py subprocesses and submitit jobs side by side on small CI machines,
-# where several processes each spinning two OpenMP threads run 10-100x slower than one thread each.
+# One thread per process: tests start launch.py subprocesses and submitit jobs side by side on small CI machines.
+# Measured on a 2-core machine (README, "CPU and GPU"): 2 threads help when the second core is idle (0.62-0.73x
+# the wall time of 1) but are 2.3-7.5x slower than 1 when other busy processes compete for the cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 

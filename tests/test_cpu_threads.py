@@ -23,14 +23,21 @@ def test_explicit_omp_num_threads_wins():
 @pytest.mark.parametrize("value", ["", "0", "-2", "two"])
 def test_unusable_omp_values_fall_back_to_the_affinity(monkeypatch, value):
     monkeypatch.setattr(device, "usable_cpus", lambda: 4)
-    assert cpu_threads(environ={"OMP_NUM_THREADS": value}) == 4
+    assert cpu_threads(environ={"OMP_NUM_THREADS": value}, load=0.0) == 4
 
 
 def test_parallel_jobs_share_the_usable_cpus(monkeypatch):
     monkeypatch.setattr(device, "usable_cpus", lambda: 4)
-    assert cpu_threads(parallel_jobs=2, environ={}) == 2
-    assert cpu_threads(parallel_jobs=3, environ={}) == 1
-    assert cpu_threads(parallel_jobs=16, environ={}) == 1  # never below one thread
+    assert cpu_threads(parallel_jobs=2, environ={}, load=0.0) == 2
+    assert cpu_threads(parallel_jobs=3, environ={}, load=0.0) == 1
+    assert cpu_threads(parallel_jobs=16, environ={}, load=0.0) == 1  # never below one thread
+
+
+def test_a_busy_machine_gets_one_thread(monkeypatch):
+    monkeypatch.setattr(device, "usable_cpus", lambda: 4)
+    assert cpu_threads(environ={}, load=3.5) == 4
+    assert cpu_threads(environ={}, load=4.0) == 1
+    assert cpu_threads(environ={"OMP_NUM_THREADS": "2"}, load=9.0) == 2  # the user's choice still wins
 
 
 def test_usable_cpus_follows_the_affinity_mask():

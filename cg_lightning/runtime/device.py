@@ -55,19 +55,27 @@ def launcher_parallel_jobs() -> int:
     return usable_cpus() if n_jobs < 0 else max(1, n_jobs)  # joblib: -1 = one job per CPU
 
 
-def cpu_threads(parallel_jobs: int = 1, environ: Mapping[str, str] | None = None) -> int:
+def cpu_threads(
+    parallel_jobs: int = 1, environ: Mapping[str, str] | None = None, load: float | None = None
+) -> int:
     """Intra-op threads for one job: ``OMP_NUM_THREADS`` when the user set it, else this process's usable CPUs
-    shared among the jobs running side by side (never below 1).
+    shared among the jobs running side by side (never below 1), and 1 when the machine is already busy (1-min
+    load average at or above the usable CPUs; ``load`` defaults to ``os.getloadavg()``).
 
     Measured on a 2-core machine (README, "CPU and GPU"): a second thread speeds a job up when its core is
-    free and slows it 2-3x when another busy process competes for that core, so oversubscribing is worse than
-    leaving a core idle.
+    free (0.62-0.73x the wall time) and slows it 2.3-7.5x when other busy processes compete for the cores, so
+    oversubscribing is far worse than leaving a core idle.
     """
     environ = os.environ if environ is None else environ
     explicit = environ.get("OMP_NUM_THREADS", "").strip()
     if explicit.isdigit() and int(explicit) > 0:
         return int(explicit)
-    return max(1, usable_cpus() // max(1, int(parallel_jobs)))
+    usable = usable_cpus()
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load >= usable:
+        return 1
+    return max(1, usable // max(1, int(parallel_jobs)))
 
 
 def configure_cpu_threads(parallel_jobs: int | None = None) -> int:
