@@ -55,13 +55,14 @@ weights: ## Fetch every real weight a GPU user needs (Zero123-XL, Real-ESRGAN, u
 case: ## Make a ground-truth case from any mesh: make case MESH=asset.glb OUT=experiments/data/<name> [ELEVATION=0]
 	$(PYTHON) -m cg_lightning.objects.make_case $(MESH) --out $(OUT) --elevation $(or $(ELEVATION),0)
 
-bench: ## Benchmarks on the current device (rasterizers, mesh extraction, both stages, oracle pipeline)
+bench: ## Benchmarks on the current device (rasterizers, mesh extraction, stages, oracle pipeline; BASELINE=file.json)
 	$(PYTHON) experiments/benchmarks/bench_gaussian_raster.py
 	$(PYTHON) experiments/benchmarks/bench_mesh_raster.py
 	$(PYTHON) experiments/benchmarks/bench_mesh_extract.py
 	$(PYTHON) experiments/benchmarks/bench_stage1.py
 	$(PYTHON) experiments/benchmarks/bench_stage2.py
 	$(PYTHON) experiments/benchmarks/bench_oracle_pipeline.py
+	$(PYTHON) experiments/benchmarks/bench_cpu_pipeline.py $(if $(BASELINE),--baseline $(BASELINE))
 
 clean: ## Remove caches and build artefacts
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
