@@ -79,7 +79,7 @@ def _ctx(tmp_path, prior_target: str, evaluation: dict, outputs: dict):
                             "renderer": {"gaussian": "torch"}})
     metrics: dict = {}
     prior = OraclePrior(mesh_path=str(DATA / "torus" / "model.glb"))
-    return SimpleNamespace(cfg=cfg, metrics=metrics, record=metrics.update, prior=prior,
+    return SimpleNamespace(cfg=cfg, metrics=metrics, record=metrics.update, prior=lambda: prior,
                            find_output=lambda key: outputs.get(key)), metrics
 
 

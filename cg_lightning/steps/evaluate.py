@@ -80,7 +80,7 @@ def score_against_truth(ctx: JobContext) -> None:
     target = (ctx.cfg.get("prior") or {}).get("_target_")
     if not target or not hasattr(get_class(target), "ground_truth_path") or not truth_cfg.get("enabled", True):
         return
-    truth_path = ctx.prior.ground_truth_path
+    truth_path = ctx.prior().ground_truth_path
     from cg_lightning.evaluation.truth import gaussian_render_fn, truth_metrics
     from cg_lightning.mesh.mesh import Mesh
 
