@@ -105,8 +105,11 @@ def test_evaluate_hook_scores_oracle_jobs_and_skips_missing_perceptual_weights(t
         except MissingWeightsError as exc:
             raise RuntimeError("Error in call to target 'cg_lightning.perceptual.lpips.LPIPS'") from exc
 
+    calls = []
+    assert perceptual_or_skipped(ctx, lambda: calls.append(1)) == {} and not calls  # skipped once: not retried
     metrics.clear()
     assert perceptual_or_skipped(ctx, wrapped) == {} and "eval/perceptual_skipped" in metrics
+    metrics.pop("eval/perceptual_skipped")
     with pytest.raises(ValueError):  # any other failure is not hidden
         perceptual_or_skipped(ctx, lambda: (_ for _ in ()).throw(ValueError("bug")))
     assert perceptual_or_skipped(ctx, lambda: {"eval/lpips": 0.1}) == {"eval/lpips": 0.1}

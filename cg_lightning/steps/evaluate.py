@@ -59,6 +59,8 @@ def perceptual_or_skipped(ctx: JobContext, score) -> dict:
     if mode == "off":
         ctx.record({"eval/perceptual_skipped": "evaluation.perceptual=off"})  # type: ignore[dict-item]
         return {}
+    if mode == "if_available" and "eval/perceptual_skipped" in ctx.metrics:
+        return {}  # already found missing for this job: do not try (and time out on) the download again
     try:
         return score()
     except Exception as exc:  # Hydra's instantiate wraps the MissingWeightsError of a scorer's constructor
