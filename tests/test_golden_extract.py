@@ -74,17 +74,36 @@ def test_density_grid_and_marching_cubes_match(fx, name, atol):
     np.testing.assert_allclose(vw, expected, atol=1e-6)
 
 
-def test_clean_of_official_surface_matches(fx):
+CLEAN_OFFICIAL_SURFACE = """
+import json, sys
+import mcubes, numpy as np
+from cg_lightning.mesh.cleanup import clean_mesh
+fx = np.load(sys.argv[1])
+res = int(fx["resolution"])
+v, f = mcubes.marching_cubes(fx["round_grid"], float(fx["density_thresh"]))
+v = (v / (res - 1) * 2 - 1) / float(fx["round_scale"]) + fx["round_center"]
+cv, cf = clean_mesh(v, f, remesh=True, remesh_size=0.015, max_faces=0)
+np.savez(sys.argv[2], v=cv, f=cf)
+"""
+
+
+def test_clean_of_official_surface_matches(fx, tmp_path):
     """``clean_mesh`` of the official marching-cubes surface = the official ``extract_mesh`` result: counts, vertex
     hash and stats. (Run on our own grid, the 4.5e-6 grid differences move MC vertices by ~1e-7 and isotropic
     remeshing amplifies that into a different tessellation, 22310 vs 22297 vertices: no float32 reimplementation
-    of the grid can make the remeshed mesh bit-identical, so the fixture's grid is the input here.)"""
-    import mcubes
+    of the grid can make the remeshed mesh bit-identical, so the fixture's grid is the input here.)
 
-    res = int(fx["resolution"])
-    v, f = mcubes.marching_cubes(fx["round_grid"], float(fx["density_thresh"]))
-    v = (v / (res - 1) * 2 - 1) / float(fx["round_scale"]) + fx["round_center"]
-    cv, cf = clean_mesh(v, f, remesh=True, remesh_size=0.015, max_faces=0)
+    Run in a fresh process: pymeshlab's isotropic remeshing of this surface depends on the state of the process
+    that calls it (after the density-control golden tests ran in the same process it gave 22305 vertices, alone it
+    gives 22297 every time, whatever the thread count); that open determinism problem is not this fixture's
+    subject."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "clean.npz"
+    subprocess.run([sys.executable, "-c", CLEAN_OFFICIAL_SURFACE, str(GOLDEN / "extract.npz"), str(out)], check=True)
+    res = np.load(out)
+    cv, cf = res["v"], res["f"]
     assert [len(cv), len(cf)] == fx["round_extract_mesh_counts"].tolist()
     assert vhash4(cv) == str(fx["round_extract_mesh_vhash4"])
     np.testing.assert_allclose(mesh_stats(cv, cf), fx["round_extract_mesh_stats"], atol=1e-6)
