@@ -25,12 +25,13 @@ def test_table_rows_means_and_failures():
     md = truth_table_markdown(jobs, {"table2": {"rows": [{"experiment": "full", "lpips": 0.307,
                                                           "clip_similarity": 0.764}]}})
     lines = md.splitlines()
-    torus = next(line for line in lines if line.startswith(f"| torus | {exp} | 2 |"))
+    torus = next(line for line in lines if line.startswith("| torus | no_qa_triplet | 2 |"))
     assert "0.0300 ± 0.0141" in torus and "20.50 ± 0.71" in torus
-    overall = next(line for line in lines if line.startswith(f"| **all objects** | {exp} | 3 |"))
+    overall = next(line for line in lines if line.startswith("| **all objects** | no_qa_triplet | 3 |"))
     assert "0.0400 ± 0.0200" in overall
     assert any(line.startswith("| mug | no_refine") and "0.0500 ± 0.0000" in line for line in lines)
     assert "full[+debug=oracle_noisy]: Missing weights: LPIPS-vgg" in md and "full 0.307 / 0.764" in md
+    assert "Job variants (override sub-directories): `[+debug=oracle_noisy]`" in md
     assert truth_table_markdown([job("a", "x", 0, 0, status="failed")]) is None
 
 

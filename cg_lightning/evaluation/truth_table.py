@@ -57,6 +57,9 @@ def truth_table_markdown(jobs: Sequence[Any], paper: dict | None = None) -> str 
     by: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for j in done:
         by[(j.image, j.experiment)].append(j)
+    bases = {_base(e) for e in experiments}
+    short = len(bases) == len(experiments)  # one variant directory per experiment: show the plain names
+    suffixes = sorted({e[len(_base(e)):] for e in experiments if e != _base(e)}) if short else []
     head = "| object | variant | seeds | " + " | ".join(f"{h} {'↑' if up else '↓'}" for h, _, _, up in COLUMNS) + " |"
     lines = ["### Ground-truth ablation table (mean ± std over seeds)", "", head,
              "|" + "---|" * (3 + len(COLUMNS))]
@@ -69,7 +72,9 @@ def truth_table_markdown(jobs: Sequence[Any], paper: dict | None = None) -> str 
             for _, name, decimals, _ in COLUMNS:
                 cells.append(_cell([v for j in group if (v := result_metric(j.metrics, name)) is not None], decimals))
             label = f"**{obj}**" if obj == "all objects" else obj
-            lines.append(f"| {label} | {exp} | {len(group)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | {_base(exp) if short else exp} | {len(group)} | " + " | ".join(cells) + " |")
+    if suffixes:
+        lines += ["", "Job variants (override sub-directories): " + ", ".join(f"`{x}`" for x in suffixes)]
     failed = sorted({(j.experiment, (j.error or j.status)[:120]) for j in jobs if j.status != "done"})
     if failed:
         lines += ["", "Not finished (no row above): " + "; ".join(f"{e}: {why}" for e, why in failed)]
