@@ -38,8 +38,9 @@ def test_evaluate_step_writes_metrics_the_table_builder_reads(compose, tmp_path)
     save_ply(layout.gaussians_ply, GaussianModel.random_ball(num_points=300,
                                                               generator=torch.Generator().manual_seed(0)))
     state = JobState(job)
-    state.mark_done("stage1", 12.0)
-    state.mark_done("stage2", 3.0)
+    for stage, seconds in (("stage1", 12.0), ("stage2", 3.0)):  # as the pipeline records a finished stage
+        state.end_stage(stage, seconds)
+        state.mark_done(stage, seconds)
     ctx = JobContext(cfg=cfg, layout=layout, device=torch.device("cpu"), loggers=JobLoggers(cfg, job), state=state)
     ctx.reference_rgba = np.asarray(Image.open(BOX / "box_rgba.png").convert("RGBA"))
     try:
