@@ -94,8 +94,9 @@ def test_tables_run_is_tied_to_the_sweep(tmp_path, monkeypatch, capsys):
 
     # re-building the tables of the same sweep logs into the same run
     assert _cli().main([str(root), "--out", str(out), "--wandb-log", "cg-test", "--no-plot"]) == 0
-    runs = {p.parent.name.rsplit("-", 1)[-1] for p in (out / "wandb").rglob("*.wandb")}
-    assert len(list((out / "wandb").rglob("*.wandb"))) == 2 and runs == {run.id.rsplit("-", 1)[-1]}
+    # the run id from each file's name (run-<id>.wandb): two runs started in the same second get a "-1" folder suffix
+    runs = {p.stem.removeprefix("run-") for p in (out / "wandb").rglob("*.wandb")}
+    assert len(list((out / "wandb").rglob("*.wandb"))) == 2 and runs == {run.id}
 
 
 def test_local_submitit_launcher_leaves_no_literal_job_id_folder(compose, tmp_path):
