@@ -26,6 +26,7 @@ KEYS = {
     "max_faces": (clean_mesh, "max_faces"),
     "cov_floor_voxels": (extract_mesh, "cov_floor_voxels"),
     "pad_grid": (extract_mesh, "pad_grid"),
+    "cull_sigma": (extract_mesh, "cull_sigma"),
     "uv_padding": (unwrap_uv, "padding"),
     "seam_normals": (unwrap_uv, "seam_normals"),
     "bake_min_resolution": (bake_texture, "min_resolution"),
@@ -49,7 +50,7 @@ def test_default_config_matches_function_defaults():
     assert cfg.texture_size > cfg.bake_min_resolution
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "cpu"])
 def test_composed_mesh_group(compose, example_image, name):
     cfg = compose([f"image={example_image}", f"mesh={name}"])
     assert set(cfg.mesh.keys()) == set(KEYS)
@@ -63,6 +64,7 @@ def test_composed_mesh_group(compose, example_image, name):
     ("mesh.bake_texel_mapping=corner", "bake_texel_mapping"),
     ("mesh.bake_min_resolution=1024", "bake_min_resolution"),
     ("mesh.cov_floor_voxels=-0.1", "cov_floor_voxels"),
+    ("mesh.cull_sigma=0", "cull_sigma"),
 ])
 def test_bad_mesh_options_fail_before_any_work(compose, example_image, override, match):
     from cg_lightning.config.validate import check_ranges

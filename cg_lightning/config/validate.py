@@ -247,6 +247,7 @@ RANGES: dict[str, Range] = {
     "mesh.view_cos_threshold": COSINE,
     "mesh.inpaint_dilation": COUNT,
     "mesh.cov_floor_voxels": NON_NEGATIVE,
+    "mesh.cull_sigma": Range(float, 0, open_lo=True, optional=True),
     "mesh.uv_padding": COUNT,
     "mesh.bake_min_resolution": COUNT,
     # stage 2 (TextureStage is built only after stage 1 and the mesh)
