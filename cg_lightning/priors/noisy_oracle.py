@@ -19,7 +19,9 @@ from a seeded generator the inconsistencies a single-image diffusion model shows
 
 Determinism: each call seeds its own generator from ``seed`` and one draw of torch's global generator, which the
 stages reseed from (seed, step) at every step; so a run (and a resumed run) sees the same spoiled views, and two
-seeds see different ones. ``sds`` / ``refine`` / ``novel_views`` all use the spoiled views.
+seeds see different ones. ``sds`` / ``refine`` / ``novel_views`` all use the spoiled views; ``refine`` on a
+geometry (stage 2, ``refine_target: aligned``) adds the colour errors, the blur and the wrong content on top of the
+truth re-projected onto that geometry (see :meth:`NoisyOraclePrior.refine`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cg_lightning.errors import ConfigError
+from cg_lightning.mesh.mesh import Mesh
 from cg_lightning.priors.base import check_relative_views
 from cg_lightning.priors.oracle import OraclePrior
 
@@ -143,6 +146,10 @@ class NoisyOraclePrior(OraclePrior):
             image, alpha = image.flip(-1), alpha.flip(-1)
         else:
             image, alpha = self.render_absolute(spoil.elevation_deg, spoil.azimuth_deg, spoil.radius)
+        return self._spoil_colours(image, alpha, spoil)
+
+    def _spoil_colours(self, image: Tensor, alpha: Tensor, spoil: ViewSpoil) -> Tensor:
+        """The colour cast, exposure, offset (object only) and blur of ``spoil`` applied to a view."""
         bg = torch.tensor(self.background, dtype=image.dtype, device=image.device).view(3, 1, 1)
         colour = image - (1.0 - alpha) * bg  # the object's premultiplied colour
         gain = torch.tensor(spoil.gain, dtype=image.dtype, device=image.device).view(3, 1, 1)
@@ -159,6 +166,29 @@ class NoisyOraclePrior(OraclePrior):
         self.last_spoils = [self._draw(g, self.ref_elevation + float(d_elev[i]), float(d_azim[i]),
                                        self.radius + float(d_radius[i])) for i in range(n)]
         return torch.stack([self._render_spoiled(s) for s in self.last_spoils])
+
+    @torch.no_grad()
+    def refine(self, images: Tensor, d_elev: Tensor, d_azim: Tensor, d_radius: Tensor, strength: float,
+               steps: int = 50, geometry: Mesh | None = None) -> Tensor:
+        """With ``geometry`` (aligned refine): per view, the wrong content of a spoiled view when one is drawn
+        (Zero123 hallucinating), else the truth re-projected onto ``geometry`` with the drawn colour cast and blur
+        (its pose error is not applied: a refine keeps the layout of the render it is given). Without geometry:
+        the spoiled views, as ``sds`` and ``novel_views``."""
+        if geometry is None or not self.accepts_geometry:
+            return super().refine(images, d_elev, d_azim, d_radius, strength, steps)
+        n = check_relative_views(d_elev, d_azim, d_radius, images.shape[0])
+        g = self._call_generator()
+        self.last_spoils, out = [], []
+        for i in range(n):
+            elevation, azimuth = self.ref_elevation + float(d_elev[i]), float(d_azim[i])
+            radius = self.radius + float(d_radius[i])
+            spoil = self._draw(g, elevation, azimuth, radius)
+            self.last_spoils.append(spoil)
+            if spoil.wrong_content is not None:
+                out.append(self._render_spoiled(spoil))
+            else:
+                out.append(self._spoil_colours(*self.render_aligned(geometry, elevation, azimuth, radius), spoil))
+        return self._blend(images, torch.stack(out), strength)
 
     def __repr__(self) -> str:
         return (f"NoisyOraclePrior(mesh={self.mesh_path}, resolution={self.resolution}, seed={self.seed}, "

@@ -54,6 +54,7 @@ def albedo_to_logits(albedo: Tensor) -> Tensor:
 
 FILTER_SPACES = ("logits", "albedo")
 SSAA_PER = ("render", "step")
+REF_MASKS = ("render", "render_and_input")
 
 
 def sample_ssaa_scales(seed: int, step: int, count: int, low: float = 0.125, high: float = 2.0) -> list[float]:
@@ -158,6 +159,9 @@ class TextureStage(pl.LightningModule):
             ``sigmoid(logits)``).
         silhouette: ``binary`` (DG: antialiased colour, binary coverage alpha; the reference mask uses it) or
             ``antialiased`` (colour and coverage antialiased together, composited by the fractional alpha).
+        ref_mask: ``render`` (DG: the reference loss where ``alpha > 0 & viewcos > viewcos_threshold``) or
+            ``render_and_input`` (also only where the input's alpha > 0.5: a mesh larger than the object is not
+            painted with the input's background).
         max_nonfinite_steps: consecutive steps with a NaN/inf loss or gradient tolerated (skipped) before
             :class:`NonFiniteError` stops the run.
         log_images_every_n_steps: image grids to loggers that have ``log_image`` (0 disables).
@@ -173,7 +177,9 @@ class TextureStage(pl.LightningModule):
                  ssaa_per: Literal["render", "step"] = "render",
                  ssaa_resize: Literal["bilinear", "antialiased"] = "bilinear",
                  texture_filter_space: Literal["logits", "albedo"] = "logits",
-                 silhouette: Literal["binary", "antialiased"] = "binary", viewcos_threshold: float = 0.5, max_nonfinite_steps: int = 5, log_images_every_n_steps: int = 25,
+                 silhouette: Literal["binary", "antialiased"] = "binary", viewcos_threshold: float = 0.5,
+                 ref_mask: Literal["render", "render_and_input"] = "render", max_nonfinite_steps: int = 5,
+                 log_images_every_n_steps: int = 25,
                  seed: int = 0) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -193,6 +199,8 @@ class TextureStage(pl.LightningModule):
         from cg_lightning.render.mesh.render import check_render_options
 
         check_render_options("none", silhouette, ssaa_resize)
+        if ref_mask not in REF_MASKS:
+            raise ConfigError(f"stage2.ref_mask={ref_mask!r}; expected one of {REF_MASKS}")
         if max_nonfinite_steps < 1:
             raise ConfigError(f"stage2.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         if mesh.vt is None:
@@ -209,6 +217,7 @@ class TextureStage(pl.LightningModule):
         self.ssaa_per, self.ssaa_resize = str(ssaa_per), str(ssaa_resize)
         self.texture_filter_space, self.silhouette = str(texture_filter_space), str(silhouette)
         self.viewcos_threshold = float(viewcos_threshold)
+        self.ref_mask = str(ref_mask)
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.log_images_every_n_steps = int(log_images_every_n_steps)
         self.seed = int(seed)
@@ -385,6 +394,8 @@ class TextureStage(pl.LightningModule):
         mesh = self.current_mesh()
         ref = self.render([self.reference_camera()], scales[:1], mesh)
         ref_valid = (ref.alpha > 0) & (ref.viewcos > self.viewcos_threshold)
+        if self.ref_mask == "render_and_input":  # not where the mesh shows but the input is background
+            ref_valid = ref_valid & (self.reference.alpha_at(self.ref_size).to(self.device) > 0.5)
         ref_target = self.reference.rgb_at(self.ref_size).to(self.device)
 
         novel = self.render(cams, scales[1:], mesh)
@@ -393,8 +404,11 @@ class TextureStage(pl.LightningModule):
         refined = None
         if self.prior is not None and float(self.losses["refine"].weight(step, self.steps)) != 0.0:
             with torch.no_grad():
+                # a prior that refines on the current geometry (the oracle's aligned refine) gets the mesh too
+                extra = {"geometry": Mesh(v=mesh.v.detach(), f=mesh.f, vn=mesh.vn.detach(), vt=mesh.vt)} \
+                    if getattr(self.prior, "accepts_geometry", False) else {}
                 out = self.prior.refine(novel.image.detach(), batch.d_elev, batch.d_azim, batch.d_radius,
-                                        strength=strength, steps=self.refine_steps)
+                                        strength=strength, steps=self.refine_steps, **extra)
                 refined = F.interpolate(out.float().to(self.device), size=novel.image.shape[-2:], mode="bilinear",
                                         align_corners=False)
         ctx = TextureLossContext(step=step, total_steps=self.steps, ref_render=ref.image, ref_target=ref_target,
