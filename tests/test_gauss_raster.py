@@ -117,11 +117,34 @@ def test_block_and_segment_sizes_do_not_change_pixels():
         {"block_size": 4},
         {"block_size": 8, "segment": 1},
         {"block_size": 8, "segment": 3, "max_elems": 3_000},
+        {"block_size": 8, "segment": 1, "grow_after": 1, "max_segment": 8},
+        {"block_size": 8, "segment": 2, "grow_after": 1 << 30},
     ):
         other = TorchGaussianRasterizer(**kwargs).render(m, cam, bg)
         # only float rounding differs (the exponent is expanded around another block centre)
         torch.testing.assert_close(other.image, base.image, atol=2e-5, rtol=0)
         torch.testing.assert_close(other.alpha, base.alpha, atol=2e-5, rtol=0)
+
+
+def test_growing_segments_walk_deep_lists_in_fewer_rounds():
+    """After ``grow_after`` rounds the segment doubles (up to ``max_segment``): the deep lists of a dense scene take
+    far fewer rounds (each round costs a dozen tensor passes), the pixels and gradients stay the same."""
+    m = scene(n=600, seed=5, scale_shift=0.8)
+    cam, bg = orbit(0, 30, width=32, height=32), torch.ones(3)
+    outs, grads, rounds = [], [], []
+    for kwargs in ({"segment": 2, "grow_after": 1 << 30}, {"segment": 2, "grow_after": 2, "max_segment": 64}):
+        r = TorchGaussianRasterizer(**kwargs)
+        m.zero_grad()
+        out = r.render(m, cam, bg)
+        out.image.sum().backward()
+        outs.append(out.image.detach())
+        grads.append(m.xyz.grad.clone())
+        rounds.append(r.last_stats["rounds"])
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=0)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+    assert rounds[1] < rounds[0] / 2
+    with pytest.raises(ValueError, match="grow_after"):
+        TorchGaussianRasterizer(grow_after=0)
 
 
 def test_saturated_blocks_stop_early_without_changing_pixels():

@@ -75,9 +75,12 @@ class _Plan:
         max_elems: int,
         may_clamp: bool,
         count_contributing: bool,
+        grow_after: int = 1 << 30,
+        max_segment: int = 0,
     ) -> None:
         self.starts, self.counts, self.pad, self.dead = starts, counts, pad, dead
         self.segment, self.max_elems = segment, max_elems
+        self.grow_after, self.max_segment = grow_after, max_segment
         self.may_clamp, self.count_contributing = may_clamp, count_contributing
         self.evaluated = 0
         self.contributing = 0
@@ -97,18 +100,19 @@ class _CompositeSegments(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coef: Tensor, attr: Tensor, feat: Tensor, plan: _Plan) -> Tensor:
         n_blocks, n_pix = plan.counts.numel(), feat.shape[0]
-        seg = max(1, min(plan.segment, int(plan.counts.max())))
+        longest = int(plan.counts.max())
+        seg = max(1, min(plan.segment, longest))
         out = attr.new_zeros(n_blocks, n_pix, attr.shape[-1])
         log_t = torch.where(plan.dead, -math.inf, 0.0).to(attr.dtype)  # inclusive log T carried between rounds
         ends = plan.starts + plan.counts
-        slots = torch.arange(seg, device=coef.device)
         one = attr.new_ones(())
         feat_e = feat.to(coef.dtype)  # the exponent is summed in coef's dtype (see rasterize_projected)
-        rows_per_chunk = max(1, plan.max_elems // (n_pix * seg))
         saved: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         active = torch.nonzero(plan.counts > 0).squeeze(1)
         base = 0
         while active.numel() > 0:
+            slots = torch.arange(seg, device=coef.device)
+            rows_per_chunk = max(1, plan.max_elems // (n_pix * seg))
             for rows in torch.split(active, rows_per_chunk):
                 pos = plan.starts[rows, None] + base + slots
                 pos = torch.where(pos < ends[rows, None], pos, plan.pad)
@@ -133,6 +137,8 @@ class _CompositeSegments(torch.autograd.Function):
             alive = ~torch.isneginf(log_t[active]).all(dim=1)
             active = active[alive & (plan.counts[active] > base)]
             plan.rounds += 1
+            if plan.rounds >= plan.grow_after:  # few deep blocks left: longer rounds, fewer per-round passes
+                seg = min(2 * seg, max(plan.segment, plan.max_segment), longest)
         ctx.plan, ctx.saved = plan, saved
         ctx.save_for_backward(coef, attr, feat)
         return out
@@ -240,6 +246,8 @@ def rasterize_projected(
     segment: int = 16,
     max_elems: int = 1 << 22,
     stats: dict | None = None,
+    grow_after: int = 8,
+    max_segment: int = 128,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Composite projected Gaussians: image (3,H,W) over ``bg`` (not clamped), alpha (1,H,W), depth (1,H,W).
 
@@ -307,6 +315,8 @@ def rasterize_projected(
             max_elems=max_elems,
                 may_clamp=bool(log_o.max() > LOG_ALPHA_MAX - 1e-3),
             count_contributing=count_contributing,
+            grow_after=grow_after,
+            max_segment=max_segment,
         )
         full = _CompositeSegments.apply(coef, attr, _pixel_features(block, device, dtype), plan)
         if stats is not None:
@@ -332,10 +342,15 @@ class TorchGaussianRasterizer:
         segment: int = 16,
         max_elems: int = 1 << 22,
         count_contributing: bool = False,
+        grow_after: int = 8,
+        max_segment: int = 128,
     ) -> None:
+        if grow_after < 1 or max_segment < 1:
+            raise ValueError(f"grow_after ({grow_after}) and max_segment ({max_segment}) must be >= 1")
         self.tile_size = int(tile_size)
         self.block_size = int(block_size)
         self.segment = int(segment)
+        self.grow_after, self.max_segment = int(grow_after), int(max_segment)
         self.max_elems = int(max_elems)
         self.count_contributing = bool(count_contributing)  # benchmarks: fill last_stats["contributing"]
         self.last_stats: dict = {}
@@ -367,6 +382,8 @@ class TorchGaussianRasterizer:
             segment=self.segment,
             max_elems=self.max_elems,
             stats=self.last_stats,
+            grow_after=self.grow_after,
+            max_segment=self.max_segment,
         )
         return GaussianRenderOutput(
             image=image.clamp(0.0, 1.0), alpha=alpha, depth=depth, radii=proj.radii, means2d=proj.means2d
