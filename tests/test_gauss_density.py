@@ -177,6 +177,26 @@ def test_clone_split_prune_follow_dreamgaussian_rules():
     opt.step()
 
 
+def test_max_points_densifies_the_highest_gradients_first():
+    """``max_points`` (not in DG, CPU presets): candidates are taken by decreasing gradient while their clones
+    (+1) and splits (+1 with split_n 2) fit under the cap; the rest wait for a later densification."""
+    m = crafted_model()
+    dc = DensityController(generator=torch.Generator().manual_seed(0), max_points=6)
+    # grads: small 0.02, large 0.05, transparent 0.03, huge 0.04 -> order large (+1), huge (+1), transparent (+1)
+    dc.accumulate(fake_render(m, torch.tensor([0.02, 0.05, 0.03, 0.04]), torch.ones(4)))
+    stats = dc.densify_and_prune(m, stepped(m))
+    assert stats["cloned"] == 0 and stats["split"] == 2  # the budget of 2 went to the two largest gradients
+    assert m.num_points <= 6
+    uncapped = crafted_model()
+    free = DensityController(generator=torch.Generator().manual_seed(0))
+    free.accumulate(fake_render(uncapped, torch.tensor([0.02, 0.05, 0.03, 0.04]), torch.ones(4)))
+    assert free.densify_and_prune(uncapped, stepped(uncapped))["cloned"] == 2
+    from cg_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_points"):
+        DensityController(max_points=0)
+
+
 def test_pruning_of_world_scale_and_final_prune():
     m = crafted_model()
     with torch.no_grad():

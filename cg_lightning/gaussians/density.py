@@ -42,6 +42,7 @@ class DensityController(nn.Module):
         max_world_scale_frac: float = 0.1,
         split_n: int = 2,
         generator: torch.Generator | None = None,
+        max_points: int | None = None,
     ) -> None:
         super().__init__()
         for name, value, ok in (("interval", interval, interval >= 1),
@@ -63,6 +64,9 @@ class DensityController(nn.Module):
         )
         self.opacity_reset_interval, self.min_opacity = int(opacity_reset_interval), float(min_opacity)
         self.max_world_scale_frac, self.split_n = float(max_world_scale_frac), int(split_n)
+        if max_points is not None and int(max_points) < 1:
+            raise ConfigError(f"DensityController: max_points={max_points} must be >= 1 (or null: no cap)")
+        self.max_points = None if max_points is None else int(max_points)
         self.generator = generator
         self.register_buffer("grad_accum", torch.zeros(0))
         self.register_buffer("denom", torch.zeros(0))
@@ -155,6 +159,8 @@ class DensityController(nn.Module):
         if grads.shape[0] != model.num_points:
             grads = torch.zeros(model.num_points, device=model.xyz.device)
         size_cut = self.percent_dense * self.extent
+        if self.max_points is not None:
+            grads = self._cap_candidates(grads, model.scales.max(dim=1).values > size_cut, model.num_points)
 
         # clone: copies of small, high-gradient Gaussians
         max_scale = model.scales.max(dim=1).values
@@ -189,6 +195,18 @@ class DensityController(nn.Module):
         self._prune(model, optimizer, remove)
         self.resize_(model.num_points)  # 3DGS resets all statistics after densification
         return {"cloned": n_clone, "split": n_split, "pruned": n_pruned}
+
+    def _cap_candidates(self, grads: Tensor, large: Tensor, n: int) -> Tensor:
+        """``max_points``: keep only the highest-gradient candidates whose clones (+1 each) and splits
+        (+``split_n - 1`` each) fit under the cap; the others get gradient 0 (not densified this time)."""
+        cand = torch.nonzero(grads >= self.grad_threshold).squeeze(1)
+        cost = torch.where(large[cand], self.split_n - 1, 1)
+        order = torch.argsort(grads[cand], descending=True, stable=True)
+        fits = torch.cumsum(cost[order], 0) <= max(0, self.max_points - n)
+        out = torch.zeros_like(grads)
+        keep = cand[order[fits]]
+        out[keep] = grads[keep]
+        return out
 
     def split_noise(self, scales: Tensor) -> Tensor:
         """Standard normals of ``scales``' shape for the split offsets (``torch.normal(0, std)`` in 3DGS draws
