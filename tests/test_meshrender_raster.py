@@ -194,6 +194,30 @@ def test_mip_levels_and_uv_derivatives(rast):
     torch.testing.assert_close(half, want)
 
 
+@pytest.mark.parametrize("mode", ["linear", "linear-mipmap-linear"])
+def test_texture_of_no_pixels_is_empty(rast, mode):
+    """A view where the mesh covers no pixel samples an empty (1,0,1,2) uv batch: an empty result, not a crash."""
+    tex = torch.rand(1, 8, 8, 3, requires_grad=True)
+    uv = torch.zeros(1, 0, 1, 2)
+    out = rast.texture(tex, uv, mode, uv_da=torch.zeros(1, 0, 1, 4) if mode != "linear" else None)
+    assert out.shape == (1, 0, 1, 3)
+    out.sum().backward()  # the empty result still joins the graph of the caller's loss
+    out = rast.texture(tex, uv, mode)  # mip level estimated from uv
+    assert out.shape == (1, 0, 1, 3)
+
+
+def test_render_of_a_mesh_outside_the_view_is_background(rast):
+    from cg_lightning.cameras import orbit
+    from cg_lightning.mesh.mesh import Mesh
+    from cg_lightning.render.mesh import render_mesh
+
+    v = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0, 0.1, 0]]) + torch.tensor([50.0, 0, 0])  # far off-screen
+    mesh = Mesh(v=v, f=torch.tensor([[0, 1, 2]]), vt=torch.rand(3, 2), albedo=torch.rand(8, 8, 3))
+    out = render_mesh(mesh, orbit(0.0, 0.0, 2.0, 49.1, 16, 16), rast, torch.ones(3), filter_mode="linear-mipmap-linear")
+    torch.testing.assert_close(out.image, torch.ones(3, 16, 16))
+    assert float(out.alpha.max()) == 0.0
+
+
 def test_uv_derivative_estimate_ignores_seams():
     """Across a UV seam the smaller one-sided difference is used, so the level stays that of the surface."""
     u = torch.tensor([0.1, 0.2, 0.3, 0.9, 1.0, 1.1])  # jump between columns 2 and 3 (a seam)

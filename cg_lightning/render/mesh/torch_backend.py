@@ -245,7 +245,7 @@ class TorchMeshRasterizer:
         tex_nchw = tex.permute(0, 3, 1, 2)
         if tex_nchw.shape[0] == 1 and uv.shape[0] > 1:
             tex_nchw = tex_nchw.expand(uv.shape[0], -1, -1, -1)
-        if filter_mode == "linear":
+        if filter_mode == "linear" or uv.numel() == 0:  # empty uv (no covered pixel): no mip level to choose
             return _bilinear(tex_nchw, uv, boundary_mode)
         levels = mip_pyramid(tex_nchw, max_mip_level)
         if uv_da is None:
