@@ -30,7 +30,7 @@ def test_evaluate_step_writes_metrics_the_table_builder_reads(compose, tmp_path)
 
     job = tmp_path / "outputs" / "box_rgba" / "smoke" / "seed0"
     cfg = compose(["+experiment=smoke", f"image={BOX / 'box_rgba.png'}"], run_dir=job)
-    assert cfg.evaluation.views == 4 and cfg.evaluation.mesh_renderer == "torch"
+    assert cfg.evaluation.views == 2 and cfg.evaluation.mesh_renderer == "torch"
     layout = JobLayout(job)
     layout.model_glb.parent.mkdir(parents=True)
     shutil.copy(BOX / "model.glb", layout.model_glb)          # the true object as the "final mesh"

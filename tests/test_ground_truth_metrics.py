@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cg_lightning.errors import MissingWeightsError
+from cg_lightning.evaluation.render_memo import RenderMemo, camera_key
 from cg_lightning.evaluation.truth import (
     appearance_metrics,
     fixed_views,
@@ -72,6 +73,72 @@ def test_truth_metrics_keys():
     assert out["eval/truth_final_fscore_1pct"] > 0.97 and out["eval/truth_final_psnr"] > 100
 
 
+def test_truth_metrics_render_the_truth_once_and_match_unshared_figures():
+    """One job's truth is rendered once for the three comparisons; sharing its renders and its surface samples
+    changes no figure (the same deterministic renders, the same seeded points)."""
+    from cg_lightning.evaluation.truth import TRUTH_SEEDS, geometry_metrics, surface_samples
+
+    torus = Mesh.load(DATA / "torus" / "model.glb")
+    grey = Mesh(v=torus.v * 1.02, f=torus.f, vn=torus.vn)   # another shape and colour than the truth
+    views, rast = fixed_views()[:3], TorchMeshRasterizer()
+    calls = []
+
+    def counting(mesh, name):
+        inner = mesh_render_fn(mesh, rast)
+
+        def render(cam):
+            calls.append(name)
+            return inner(cam)
+
+        return render
+
+    memo = RenderMemo()
+    out = truth_metrics(torus, coarse=grey, final=grey, size=24, views=views, samples=2000, memo=memo,
+                        gaussians=counting(grey, "stage1"), gaussians_tag="g")
+    assert len(memo) == 4 * len(views) and memo.misses == 4 * len(views) and memo.hits == 2 * len(views)
+    assert calls == ["stage1"] * len(views)
+    alone = appearance_metrics(mesh_render_fn(grey, rast), mesh_render_fn(torus, rast), views, size=24)
+    for k, v in alone.items():
+        assert out[f"eval/truth_final_{k}"] == v and out[f"eval/truth_coarse_{k}"] == v
+        assert out[f"eval/truth_stage1_{k}"] == v
+    shared = surface_samples(torus, 2000, TRUTH_SEEDS)
+    assert geometry_metrics(grey, torus, 2000, truth_samples=shared) == geometry_metrics(grey, torus, 2000)
+    assert out["eval/truth_final_chamfer"] == geometry_metrics(grey, torus, 2000)["chamfer"]
+    with pytest.raises(ValueError, match="expected samples=1000"):
+        geometry_metrics(grey, torus, 1000, truth_samples=shared)
+
+
+def test_render_memo_reuses_only_identical_cameras_and_kept_views():
+    """A 24-frame turntable at elevation 0 holds the 8 elevation-0 evaluation views, bit for bit; other cameras,
+    other renderers (tags) and views outside ``keep`` are rendered afresh."""
+    from cg_lightning.cameras import orbit
+    from cg_lightning.io.video import turntable_cameras
+
+    turntable = turntable_cameras(24, elevation_deg=0.0, radius=2.0, fovy_deg=49.1, size=32)
+    evaluation = {camera_key(orbit(e, a, 2.0, 49.1, 32, 32)) for e, a in fixed_views()}
+    assert sum(camera_key(c) in evaluation for c in turntable) == 8
+    made = []
+
+    def render(cam):
+        made.append(cam)
+        return torch.zeros(3, 32, 32), torch.zeros(1, 32, 32)
+
+    memo = RenderMemo()
+    export = memo.wrap("final", "torch", render, keep=evaluation)
+    for cam in turntable:
+        export(cam)
+    assert len(memo) == 8 and len(made) == 24
+    evaluate = memo.wrap("final", "torch", render)
+    for e, a in fixed_views():
+        evaluate(orbit(e, a, 2.0, 49.1, 32, 32))
+    assert len(made) == 24 + 8 and memo.hits == 8          # only the elevation -30 views were rendered again
+    memo.wrap("final", "nvdiffrast", render)(turntable[0])   # another renderer: no reuse
+    memo.wrap("final", "torch", render)(orbit(0.0, 0.0, 2.0, 49.1, 33, 33))   # another size: no reuse
+    assert len(made) == 24 + 8 + 2
+    memo.forget()
+    assert len(memo) == 0
+
+
 def _ctx(tmp_path, prior_target: str, evaluation: dict, outputs: dict):
     from cg_lightning.priors.oracle import OraclePrior
 
@@ -80,7 +147,7 @@ def _ctx(tmp_path, prior_target: str, evaluation: dict, outputs: dict):
     metrics: dict = {}
     prior = OraclePrior(mesh_path=str(DATA / "torus" / "model.glb"))
     return SimpleNamespace(cfg=cfg, metrics=metrics, record=metrics.update, prior=lambda: prior,
-                           find_output=lambda key: outputs.get(key)), metrics
+                           find_output=lambda key: outputs.get(key), renders=RenderMemo()), metrics
 
 
 def test_evaluate_hook_scores_oracle_jobs_and_skips_missing_perceptual_weights(tmp_path):

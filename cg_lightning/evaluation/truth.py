@@ -21,6 +21,7 @@ Keys: ``eval/truth_<what>_<metric>`` with ``<what>`` = ``coarse`` (baked mesh), 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cg_lightning.cameras import Camera, orbit
+from cg_lightning.evaluation.render_memo import RenderMemo
 from cg_lightning.mesh.mesh import Mesh
 
 #: a renderer of one thing: camera -> (image (3,H,W) on white, coverage (1,H,W))
@@ -64,20 +66,46 @@ def object_size(mesh: Mesh) -> float:
     return float((hi - lo).max())
 
 
-def geometry_metrics(pred: Mesh, truth: Mesh, samples: int = 20000,
-                     fractions: Sequence[float] = FSCORE_FRACTIONS) -> dict[str, float]:
-    """Chamfer distance, F-scores at ``fractions`` of the true object's size, normal consistency (keys unprefixed)."""
+@dataclass
+class SurfaceSamples:
+    """A mesh's query points and its denser reference points with a KD-tree (made once per mesh and job)."""
+
+    points: np.ndarray
+    normals: np.ndarray
+    ref_points: np.ndarray
+    ref_normals: np.ndarray
+    tree: object   # scipy cKDTree over ref_points
+
+
+def surface_samples(mesh: Mesh, samples: int, seeds: tuple[int, int]) -> SurfaceSamples:
+    """``samples`` query points (seed ``seeds[0]``) and REFERENCE_DENSITY x as many reference points (``seeds[1]``)."""
     from scipy.spatial import cKDTree
 
-    pp, pn = sample_surface(pred, samples, seed=0)
-    tp, tn = sample_surface(truth, samples, seed=1)
+    points, normals = sample_surface(mesh, samples, seed=seeds[0])
+    ref_points, ref_normals = sample_surface(mesh, REFERENCE_DENSITY * samples, seed=seeds[1])
+    return SurfaceSamples(points, normals, ref_points, ref_normals, cKDTree(ref_points))
+
+
+#: seeds of the prediction's and the truth's samples (query, reference)
+PRED_SEEDS, TRUTH_SEEDS = (0, 2), (1, 3)
+
+
+def geometry_metrics(pred: Mesh, truth: Mesh, samples: int = 20000,
+                     fractions: Sequence[float] = FSCORE_FRACTIONS,
+                     truth_samples: SurfaceSamples | None = None) -> dict[str, float]:
+    """Chamfer distance, F-scores at ``fractions`` of the true object's size, normal consistency (keys unprefixed).
+
+    ``truth_samples`` (from :func:`surface_samples` with ``TRUTH_SEEDS`` and the same ``samples``) lets several
+    predictions share the truth's points and KD-tree; the figures are the same as without it."""
+    p = surface_samples(pred, samples, PRED_SEEDS)
+    t = truth_samples if truth_samples is not None else surface_samples(truth, samples, TRUTH_SEEDS)
+    if len(t.points) != samples:
+        raise ValueError(f"truth_samples hold {len(t.points)} points, expected samples={samples}")
     # each direction queries `samples` points against REFERENCE_DENSITY x as many on the other surface, so that the
     # sampling floor (a perfect mesh's distance) stays well below the 1 % threshold
-    rp, rpn = sample_surface(pred, REFERENCE_DENSITY * samples, seed=2)
-    rt, rtn = sample_surface(truth, REFERENCE_DENSITY * samples, seed=3)
-    d_pt, i_pt = cKDTree(rt).query(pp)  # prediction -> truth (accuracy)
-    d_tp, i_tp = cKDTree(rp).query(tp)  # truth -> prediction (completeness)
-    tn_near, pn_near = rtn[i_pt], rpn[i_tp]
+    d_pt, i_pt = t.tree.query(p.points)  # prediction -> truth (accuracy)
+    d_tp, i_tp = p.tree.query(t.points)  # truth -> prediction (completeness)
+    tn_near, pn_near = t.ref_normals[i_pt], p.ref_normals[i_tp]
     out = {"chamfer": float(0.5 * (d_pt.mean() + d_tp.mean()))}
     size = object_size(truth)
     for frac in fractions:
@@ -85,7 +113,7 @@ def geometry_metrics(pred: Mesh, truth: Mesh, samples: int = 20000,
         precision, recall = float((d_pt < tau).mean()), float((d_tp < tau).mean())
         f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
         out[f"fscore_{round(frac * 100):d}pct"] = f
-    nc = 0.5 * (np.abs((pn * tn_near).sum(1)).mean() + np.abs((tn * pn_near).sum(1)).mean())
+    nc = 0.5 * (np.abs((p.normals * tn_near).sum(1)).mean() + np.abs((t.normals * pn_near).sum(1)).mean())
     out["normal_consistency"] = float(nc)
     return out
 
@@ -168,25 +196,43 @@ def gaussian_render_fn(model, rasterizer) -> RenderFn:
 # ---------------------------------------------------------------------------------------------- one job
 def truth_metrics(truth: Mesh, *, coarse: Mesh | None = None, final: Mesh | None = None,
                   gaussians: RenderFn | None = None, rasterizer=None, samples: int = 20000, size: int = 256,
-                  views: Sequence[tuple[float, float]] | None = None) -> dict[str, float]:
-    """Every ground-truth metric of one job's outputs, keyed ``eval/truth_<what>_<metric>``."""
+                  views: Sequence[tuple[float, float]] | None = None, memo: RenderMemo | None = None,
+                  gaussians_tag: object = None) -> dict[str, float]:
+    """Every ground-truth metric of one job's outputs, keyed ``eval/truth_<what>_<metric>``.
+
+    The truth is rendered and sampled once for all the things scored. ``memo`` (the job's
+    :class:`~cg_lightning.evaluation.render_memo.RenderMemo`) reuses renders the export step already made of the same
+    things at the same cameras (``stage1`` under ``gaussians_tag``, ``final`` and ``coarse`` under the mesh
+    rasterizer's tag)."""
     if rasterizer is None:
         from cg_lightning.render.mesh import build_mesh_rasterizer
 
         rasterizer = build_mesh_rasterizer("torch")
+    memo = memo if memo is not None else RenderMemo()
+    tag = renderer_tag(rasterizer, "cpu")
     views = list(views) if views is not None else fixed_views()
     truth = truth.to("cpu")
-    render_truth = mesh_render_fn(truth, rasterizer)
+    render_truth = memo.wrap("truth", tag, mesh_render_fn(truth, rasterizer))
     out: dict[str, float] = {}
     if gaussians is not None:
-        for k, v in appearance_metrics(gaussians, render_truth, views, size).items():
+        render = memo.wrap("stage1", gaussians_tag, gaussians) if gaussians_tag is not None else gaussians
+        for k, v in appearance_metrics(render, render_truth, views, size).items():
             out[f"eval/truth_stage1_{k}"] = v
+    truth_samples = None
     for what, mesh in (("coarse", coarse), ("final", final)):
         if mesh is None:
             continue
         mesh = mesh.to("cpu")
-        for k, v in geometry_metrics(mesh, truth, samples).items():
+        if truth_samples is None:
+            truth_samples = surface_samples(truth, samples, TRUTH_SEEDS)
+        for k, v in geometry_metrics(mesh, truth, samples, truth_samples=truth_samples).items():
             out[f"eval/truth_{what}_{k}"] = v
-        for k, v in appearance_metrics(mesh_render_fn(mesh, rasterizer), render_truth, views, size).items():
+        render = memo.wrap(what, tag, mesh_render_fn(mesh, rasterizer))
+        for k, v in appearance_metrics(render, render_truth, views, size).items():
             out[f"eval/truth_{what}_{k}"] = v
     return out
+
+
+def renderer_tag(rasterizer, device: torch.device | str) -> tuple[str, str]:
+    """What identifies a renderer for :class:`RenderMemo`: its class and the device its renders are made on."""
+    return type(rasterizer).__name__, str(torch.device(device))

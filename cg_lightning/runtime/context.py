@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cg_lightning.evaluation.render_memo import RenderMemo
 from cg_lightning.runtime.layout import JobLayout
 from cg_lightning.runtime.loggers import JobLoggers
 from cg_lightning.runtime.state import JobState
@@ -37,6 +38,7 @@ class JobContext:
     state: JobState
     metrics: dict[str, float] = field(default_factory=dict)
     reference_rgba: np.ndarray | None = None     # (H,W,4) uint8, set by the input step
+    renders: RenderMemo = field(default_factory=RenderMemo)   # export's frames reused by the evaluation
     _prior: Any = None
 
     @property

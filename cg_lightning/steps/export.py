@@ -19,25 +19,56 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def gaussian_turntable_frames(ctx: JobContext, gaussians, cameras):
-    from cg_lightning.render.gaussian import build_gaussian_rasterizer
-
-    rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian, ctx.cfg.get("experiment_name"))
+def gaussian_view_fn(ctx: JobContext, gaussians, rasterizer):
+    """camera -> (image, alpha) of the stage-1 Gaussians on white, on the job's device (export and evaluation)."""
     white = torch.ones(3, device=ctx.device)
-    with torch.no_grad():
-        for cam in cameras:
-            yield _to_uint8(rasterizer.render(gaussians, cam.to(ctx.device), white).image)
+
+    def render(cam):
+        with torch.no_grad():
+            out = rasterizer.render(gaussians, cam.to(ctx.device), white)
+        return out.image, out.alpha
+
+    return render
 
 
-def mesh_turntable_frames(ctx: JobContext, mesh, cameras):
-    from cg_lightning.render.mesh import build_mesh_rasterizer, render_mesh
+def mesh_view_fn(ctx: JobContext, mesh, rasterizer):
+    """camera -> (image, alpha) of a textured mesh on white, on the job's device (export and evaluation)."""
+    from cg_lightning.render.mesh import render_mesh
 
-    rasterizer = build_mesh_rasterizer(ctx.cfg.renderer.mesh)
     white = torch.ones(3, device=ctx.device)
     mesh = mesh.to(ctx.device)
-    with torch.no_grad():
-        for cam in cameras:
-            yield _to_uint8(render_mesh(mesh, cam.to(ctx.device), rasterizer, white).image)
+
+    def render(cam):
+        with torch.no_grad():
+            out = render_mesh(mesh, cam.to(ctx.device), rasterizer, white)
+        return out.image, out.alpha
+
+    return render
+
+
+def gaussian_turntable_frames(ctx: JobContext, gaussians, cameras):
+    from cg_lightning.evaluation.truth import renderer_tag
+    from cg_lightning.render.gaussian import build_gaussian_rasterizer
+    from cg_lightning.steps.evaluate import truth_view_keys
+
+    rasterizer = build_gaussian_rasterizer(ctx.cfg.renderer.gaussian, ctx.cfg.get("experiment_name"))
+    # the frames that are also ground-truth evaluation views are kept for the evaluate step
+    render = ctx.renders.wrap("stage1", renderer_tag(rasterizer, ctx.device), gaussian_view_fn(ctx, gaussians, rasterizer),
+                              keep=truth_view_keys(ctx))
+    for cam in cameras:
+        yield _to_uint8(render(cam)[0])
+
+
+def mesh_turntable_frames(ctx: JobContext, mesh, cameras, name: str = "final"):
+    from cg_lightning.evaluation.truth import renderer_tag
+    from cg_lightning.render.mesh import build_mesh_rasterizer
+    from cg_lightning.steps.evaluate import truth_view_keys
+
+    rasterizer = build_mesh_rasterizer(ctx.cfg.renderer.mesh)
+    render = ctx.renders.wrap(name, renderer_tag(rasterizer, ctx.device), mesh_view_fn(ctx, mesh, rasterizer),
+                              keep=truth_view_keys(ctx))
+    for cam in cameras:
+        yield _to_uint8(render(cam)[0])
 
 
 def run_export(ctx: JobContext) -> None:
@@ -60,6 +91,8 @@ def run_export(ctx: JobContext) -> None:
     ctx.state.mark_done("export")
     for stage, path in written:
         log.info("export: %s turntable -> %s", stage, path)
+    if len(ctx.renders):
+        log.info("export: %d turntable frames kept for the ground-truth evaluation views", len(ctx.renders))
 
 
 def _log_media(ctx: JobContext, videos, glb) -> None:
