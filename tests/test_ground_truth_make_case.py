@@ -102,6 +102,83 @@ def test_large_untextured_mesh_is_decimated(tmp_path):
     _check_case(tmp_path / "big", "big")
 
 
+def test_obj_with_mtl_and_texture_keeps_its_texture(tmp_path):
+    """An .obj + .mtl + .png as a 3D tool writes them: the texture is kept (not re-baked); without its image file the
+    case still builds, with the procedural texture and a note saying why."""
+    from PIL import Image
+
+    box = trimesh.creation.box((1.0, 0.6, 0.4))
+    left = box.vertices[:, 0] < 0  # the -x half samples the red left half of the image, +x the green right half
+    uv = np.stack([np.where(left, 0.25, 0.75), np.full(len(box.vertices), 0.5)], 1)
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, :8] = (220, 20, 20)
+    image[:, 8:] = (20, 200, 20)
+    box.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(image))
+    (tmp_path / "src").mkdir()
+    box.export(tmp_path / "src" / "tex.obj")
+    assert sorted(p.suffix for p in (tmp_path / "src").iterdir()) == [".mtl", ".obj", ".png"]
+    info = make_case(tmp_path / "src" / "tex.obj", tmp_path / "tex", texture_size=TEX)
+    assert info.colour_source == "texture" and info.notes == []
+    mesh = _check_case(tmp_path / "tex", "tex")
+    rast = TorchMeshRasterizer()
+    right = render_mesh(mesh, orbit(0, 90, 2, 49.1, 64, 64), rast, 1.0, filter_mode="linear").image[:, 32, 32]
+    left_px = render_mesh(mesh, orbit(0, -90, 2, 49.1, 64, 64), rast, 1.0, filter_mode="linear").image[:, 32, 32]
+    torch.testing.assert_close(right, torch.tensor([20, 200, 20]) / 255.0, atol=0.02, rtol=0)
+    torch.testing.assert_close(left_px, torch.tensor([220, 20, 20]) / 255.0, atol=0.02, rtol=0)
+    for png in (tmp_path / "src").glob("*.png"):
+        png.unlink()
+    info = make_case(tmp_path / "src" / "tex.obj", tmp_path / "notex", texture_size=TEX)
+    assert info.colour_source == "procedural" and "no texture image could be loaded" in info.notes[0]
+    assert json.loads((tmp_path / "notex" / "case.json").read_text())["notes"] == info.notes
+
+
+def test_glb_scene_with_node_transforms_face_colours_and_other_formats(tmp_path):
+    """A .glb scene of two vertex-coloured parts placed by node transforms, a face-coloured .ply, an .stl and an
+    .off: each becomes a case with the colour source it has."""
+    scene = trimesh.Scene()
+    ball = trimesh.creation.icosphere(1, 0.3)
+    ball.visual.vertex_colors = [255, 0, 0, 255]
+    rod = trimesh.creation.cylinder(0.1, 1.0)
+    rod.visual.vertex_colors = [0, 255, 0, 255]
+    scene.add_geometry(ball, transform=trimesh.transformations.translation_matrix([0.8, 0, 0]))
+    scene.add_geometry(rod, transform=trimesh.transformations.translation_matrix([-0.8, 0, 0]))
+    scene.export(tmp_path / "scene.glb")
+    info = make_case(tmp_path / "scene.glb", tmp_path / "scene", texture_size=TEX)
+    assert info.colour_source == "vertex_colours" and info.faces_out == len(ball.faces) + len(rod.faces)
+    mesh = _check_case(tmp_path / "scene", "scene")
+    front = render_mesh(mesh, orbit(0, 0, 2, 49.1, 64, 64), TorchMeshRasterizer(), 1.0, filter_mode="linear").image
+    # the transforms were applied: the red ball right of the centre (+x), the green rod left of it
+    assert front[0, 32, 48] > 0.9 > 0.1 > front[1, 32, 48] and front[1, 32, 16] > 0.9 > 0.1 > front[0, 32, 16]
+    torus = trimesh.creation.torus(0.5, 0.2, major_sections=12, minor_sections=6)
+    torus.visual.face_colors = np.tile([[10, 20, 250, 255], [250, 240, 10, 255]], (len(torus.faces) // 2, 1))
+    torus.export(tmp_path / "faces.ply")
+    assert make_case(tmp_path / "faces.ply", tmp_path / "faces", texture_size=TEX).colour_source == "face_colours"
+    trimesh.creation.capsule(0.8, 0.3).export(tmp_path / "capsule.stl")
+    trimesh.creation.cone(0.4, 1.0).export(tmp_path / "cone.off")
+    for name in ("capsule.stl", "cone.off"):
+        out = tmp_path / name.split(".")[0]
+        assert make_case(tmp_path / name, out, texture_size=TEX).colour_source == "procedural"
+        _check_case(out, out.name)
+
+
+def _segfault() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)  # what xatlas does to the process on some large closed meshes
+
+
+def test_a_crash_in_native_code_becomes_a_clear_error():
+    """xatlas segfaults on some large closed meshes: the unwrap runs in a child process whose death is reported."""
+    from cg_lightning.objects.make_case import run_isolated
+
+    assert run_isolated(divmod, 7, 2, what="x", advice="y") == (3, 1)
+    with pytest.raises(CaseError, match=r"the UV unwrap .* failed \(the process died with exit code -11\); retry"):
+        run_isolated(_segfault, what="the UV unwrap (xatlas) of 9 faces", advice="retry")
+    with pytest.raises(CaseError, match="ZeroDivisionError"):
+        run_isolated(divmod, 1, 0, what="x", advice="y")
+
+
 @pytest.mark.slow
 def test_500k_faces_untextured_works(tmp_path):
     sphere = trimesh.creation.uv_sphere(0.5, count=[500, 500])  # ~500k faces
@@ -117,8 +194,16 @@ def test_clear_errors_and_nothing_written(tmp_path, capsys):
     flat = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0, 1, 2]], process=False)
     flat.export(tmp_path / "flat.ply")
     (tmp_path / "garbage.glb").write_bytes(b"not a glb at all")
+    (tmp_path / "zero.ply").write_bytes(b"")
+    (tmp_path / "model.fbx").write_bytes(b"Kaydara FBX Binary  \x00")
+    good = trimesh.creation.box()
+    good.export(tmp_path / "good.glb")
+    (tmp_path / "truncated.glb").write_bytes((tmp_path / "good.glb").read_bytes()[:200])
+    (tmp_path / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 2 3 4\n")
     for bad, match in [("missing.obj", "does not exist"), ("empty.obj", "no triangles|Cannot read|cannot read"),
-                       ("cloud.ply", "no triangles"), ("flat.ply", "degenerate"), ("garbage.glb", "cannot read")]:
+                       ("cloud.ply", "no triangles"), ("flat.ply", "degenerate"), ("garbage.glb", "cannot read"),
+                       ("zero.ply", "cannot read"), ("model.fbx", "cannot read .*fbx"),
+                       ("truncated.glb", "cannot read"), ("nan.obj", "non-finite"), (".", "not a file")]:
         with pytest.raises(CaseError, match=match):
             make_case(tmp_path / bad, tmp_path / "out", texture_size=TEX)
     assert not (tmp_path / "out").exists()

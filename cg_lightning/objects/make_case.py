@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from cg_lightning.errors import CGError
 from cg_lightning.mesh.mesh import Mesh, _texture_of, as_single_trimesh
 
 TARGET_RADIUS = 0.6  # the bundled objects reach 0.58-0.60 from their centre
-DEFAULT_MAX_FACES = 200_000
+DEFAULT_MAX_FACES = 50_000  # xatlas: 60k faces of a closed mesh unwrap in ~45 s, 80-100k can crash it
 CELL = 0.15  # edge of the procedural texture's 3D checker cells, in normalised units
 
 
@@ -56,6 +56,7 @@ class CaseInfo:
     decimated: bool
     scale: float
     centre: list[float]
+    notes: list[str] = field(default_factory=list)  # what the user should know (printed by the command line)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -144,6 +145,42 @@ def decimate(v: np.ndarray, f: np.ndarray, colours: np.ndarray | None, max_faces
     return np.asarray(m.vertex_matrix(), dtype=np.float64), np.asarray(m.face_matrix(), dtype=np.int64), out_c
 
 
+def _child(conn, fn, args, kwargs) -> None:
+    import faulthandler
+
+    faulthandler.disable()  # the parent reports a crash itself: no native stack dump on the user's terminal
+    try:
+        conn.send(("ok", fn(*args, **kwargs)))
+    except Exception as exc:  # noqa: BLE001 - sent to the parent, which raises it as a CaseError
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def run_isolated(fn, *args, what: str, advice: str, **kwargs):
+    """``fn(*args, **kwargs)`` in a forked child process, so that a crash in native code (xatlas 0.0.11 segfaults
+    on some closed meshes of ~80k+ faces) becomes a :class:`CaseError` instead of killing the command silently.
+    Runs in-process where ``fork`` is not available."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        return fn(*args, **kwargs)
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args, kwargs), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        status, value = "crash", None
+    proc.join()
+    if status == "ok":
+        return value
+    why = value if status == "error" else f"the process died with exit code {proc.exitcode}"
+    raise CaseError(f"make_case: {what} failed ({why}); {advice}")
+
+
 # ---------------------------------------------------------------------------------------------- colour
 def procedural_colours(points: np.ndarray, cell: float = CELL) -> np.ndarray:
     """Deterministic colour of 3D points: a checker of ``cell``-sized cubes, each with its own hue (golden-ratio
@@ -166,7 +203,9 @@ def bake_vertex_attribute_texture(v: np.ndarray, f: np.ndarray, attr: np.ndarray
     from cg_lightning.mesh.uv import unwrap_uv_arrays
     from cg_lightning.render.mesh.torch_backend import TorchMeshRasterizer
 
-    vmap, fu, vt = unwrap_uv_arrays(v.astype(np.float32), f, texture_size=texture_size, padding=2)
+    vmap, fu, vt = run_isolated(unwrap_uv_arrays, v.astype(np.float32), f, texture_size=texture_size, padding=2,
+                                what=f"the UV unwrap (xatlas) of {len(f)} faces",
+                                advice="retry with a smaller --max-faces (e.g. 30000)")
     vt_t = torch.as_tensor(vt, dtype=torch.float32)
     pos = torch.cat([vt_t * 2 - 1, torch.zeros(len(vt), 1), torch.ones(len(vt), 1)], 1)[None]
     tri = torch.as_tensor(fu, dtype=torch.int32)
@@ -199,11 +238,15 @@ def build_case_mesh(path: str | Path, texture_size: int = 1024,
     faces_in = len(f)
     source, colours = _colours(tm)
     vt = albedo = None
+    notes = []
     if source == "texture":
         vt_t, albedo = _texture_of(tm)
         vt = None if vt_t is None else vt_t.numpy()
         if vt is None or albedo is None:
             source = "procedural"
+    if source == "procedural" and getattr(getattr(tm, "visual", None), "uv", None) is not None:
+        notes.append("the asset has UVs but no texture image could be loaded (is the file its .mtl names missing?); "
+                     "it gets the procedural texture instead")
     if source == "face_colours":  # one copy of each vertex per face, coloured with its face's colour
         fc = np.asarray(tm.visual.face_colors, dtype=np.float64)[:, :3] / 255.0
         v, f, colours = v[f].reshape(-1, 3), np.arange(3 * len(f)).reshape(-1, 3), np.repeat(fc, 3, 0)
@@ -230,7 +273,11 @@ def build_case_mesh(path: str | Path, texture_size: int = 1024,
         mesh = bake_vertex_attribute_texture(v, f, v, texture_size, colour_of=procedural_colours)
     info = {"colour_source": source, "faces_in": faces_in, "faces_out": mesh.num_faces,
             "dropped_degenerate_faces": dropped, "decimated": decimated, "scale": float(scale),
-            "centre": [float(c) for c in centre]}
+            "centre": [float(c) for c in centre], "notes": notes}
+    if dropped:
+        notes.append(f"{dropped} degenerate (zero-area) faces dropped")
+    if decimated:
+        notes.append(f"decimated from {faces_in} to {mesh.num_faces} faces (--max-faces {max_faces})")
     return mesh, info
 
 
@@ -279,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    for note in info.notes:
+        print(f"note: {note}")
     print(f"wrote {out}/model.glb ({info.faces_out} faces, colours: {info.colour_source}), "
           f"{out}/{info.name}_rgba.png, {out}/case.json")
     elev = f" elevation={info.elevation_deg:g}" if info.elevation_deg else ""
