@@ -273,14 +273,16 @@ class TorchMeshRasterizer:
         face = rast[..., 3].long().reshape(-1)
         depth = rast[..., 2].detach().reshape(-1)
         silhouette = _silhouette_edges(pos.detach(), tri)  # (B,F,3): edge opposite corner i is a silhouette
-        idx = torch.arange(b * h * w, device=color.device).view(b, h, w)
-        pairs = [(idx[:, :, :-1].reshape(-1), idx[:, :, 1:].reshape(-1)),   # horizontal neighbours
-                 (idx[:, :-1, :].reshape(-1), idx[:, 1:, :].reshape(-1))]   # vertical neighbours
-        for p, q in pairs:
-            sel = face[p] != face[q]
-            p, q = p[sel], q[sel]
-            if p.numel() == 0:
+        face_img = face.view(b, h, w)
+        # neighbour pairs (p, p + step) whose faces differ, found on shifted views of the face image (no gather over
+        # all pixel pairs), in row-major order of p
+        for differs, step in ((face_img[:, :, :-1] != face_img[:, :, 1:], 1),    # horizontal neighbours
+                              (face_img[:, :-1, :] != face_img[:, 1:, :], w)):   # vertical neighbours
+            bi_, y_, x_ = differs.nonzero(as_tuple=True)
+            if bi_.numel() == 0:
                 continue
+            p = (bi_ * h + y_) * w + x_
+            q = p + step
             fp, fq = face[p], face[q]
             p_front = (fp > 0) & ((fq == 0) | (depth[p] < depth[q]))
             front = torch.where(p_front, p, q)
