@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 import cg_lightning.config  # noqa: F401  (registers resolvers and schemas before Hydra composes)
 from cg_lightning.cli_errors import check_overrides, explain, print_error, quiet_logging_errors
 from cg_lightning.errors import CGError
+from cg_lightning.runtime import lean_imports
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -71,6 +72,9 @@ def cli(argv: list[str]) -> None:
     # Registered first, so it runs last at exit: the garbage collector then skips the millions of objects
     # torch, Lightning and diffusers left behind (the exit-time collection took 3-4 s of a CPU smoke run).
     atexit.register(gc.freeze)
+    # torchmetrics (imported by Lightning) skips importing torchvision / transformers / scipy.signal / matplotlib for
+    # metrics we never use: ~3 s of CPU per process (cg_lightning/runtime/lean_imports.py; CG_LEAN_IMPORTS=0: off)
+    lean_imports.install()
     user_wants_traces = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
     try:
         check_overrides(argv)
