@@ -85,7 +85,7 @@ class OraclePrior:
                  radius: float = 2.0, fovy_deg: float = 49.1, background: Sequence[float] = (1.0, 1.0, 1.0),
                  weight: float = 1.0, blend_strength: bool = False, ssaa: float = 1.0,
                  rasterizer: str = "auto", refine_target: str = "aligned", lookup_samples: int = 400_000,
-                 lookup_neighbours: int = 8) -> None:
+                 lookup_neighbours: int = 4) -> None:
         if mesh_path is None and image is None:
             raise ConfigError("prior.mesh_path (or the run's image, whose folder holds model.glb) is required")
         if resolution < 8:

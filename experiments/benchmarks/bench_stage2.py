@@ -13,12 +13,16 @@ coarse  - the same loop from the coarse mesh of a finished oracle run (``--run J
           error split by where it comes from: pixels both meshes cover, pixels only ours covers (our surface
           outside the true silhouette) and pixels only the truth covers. ``--stage2 key=value`` sets TextureStage
           arguments (e.g. ``silhouette=antialiased texture_lr=0.02``), ``--oracle key=value`` OraclePrior ones.
+          ``--runs box=DIR torus=DIR ...`` does several objects in one table; ``--noisy`` uses the imperfect oracle
+          (its default errors, seeded); ``--batch-size 2 --size 256 --ref-size 128`` is the CPU oracle preset.
 
     python experiments/benchmarks/bench_stage2.py                        # both parts, defaults above
     python experiments/benchmarks/bench_stage2.py --part quality --objects box sphere torus --size 256
     python experiments/benchmarks/bench_stage2.py --part speed --threads 1
     python experiments/benchmarks/bench_stage2.py --part coarse --run outputs/.../seed0/... --objects box \
         --size 256 --ref-size 128
+    python experiments/benchmarks/bench_stage2.py --part coarse --runs box=/tmp/o_box torus=/tmp/o_torus \
+        --size 256 --ref-size 128 --batch-size 2 --threads 1 [--noisy]
 """
 
 from __future__ import annotations
@@ -143,15 +147,19 @@ def error_split(pred: Mesh, gt: Mesh, rasterizer, size: int) -> dict:
     return {"psnr": 10 * math.log10(1 / float(np.mean(mses))), **sse}
 
 
-def run_coarse(name: str, args: argparse.Namespace, device: torch.device) -> dict:
+def run_coarse(name: str, args: argparse.Namespace, device: torch.device, run: str | None = None) -> dict:
     from PIL import Image
 
-    job = Path(args.run)
+    from cg_lightning.priors.noisy_oracle import NoisyOraclePrior
+
+    job = Path(run or args.run)
     gt = Mesh.load(DATA / name / "model.glb")
     coarse = Mesh.load(job / "mesh" / "coarse.glb")
     rgba = np.asarray(Image.open(job / "input" / "reference_rgba.png").convert("RGBA"))
-    prior = OraclePrior(mesh_path=str(DATA / name / "model.glb"), resolution=args.oracle_resolution,
-                        rasterizer=args.renderer, **key_values(args.oracle))
+    cls = NoisyOraclePrior if args.noisy else OraclePrior
+    prior = cls(mesh_path=str(DATA / name / "model.glb"), resolution=args.oracle_resolution,
+                rasterizer=args.renderer, **key_values(args.oracle))
+    torch.manual_seed(args.seed)
     stage = make_stage(coarse.to(device), DATA / name, prior, args, ReferenceImage.from_rgba(rgba, elevation=0.0))
     ras = build_mesh_rasterizer(args.renderer)
     before = error_split(coarse, gt, ras, args.eval_size)
@@ -192,6 +200,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["speed", "quality", "both", "coarse"], default="both")
     parser.add_argument("--run", default=None, help="coarse part: the job directory of a finished oracle run")
+    parser.add_argument("--runs", nargs="+", default=None, help="coarse part: OBJECT=JOB_DIR for several objects")
+    parser.add_argument("--noisy", action="store_true", help="coarse part: the imperfect oracle (oracle_noisy)")
     parser.add_argument("--stage2", nargs="*", default=[], help="TextureStage arguments key=value")
     parser.add_argument("--oracle", nargs="*", default=[], help="OraclePrior arguments key=value")
     parser.add_argument("--objects", nargs="+", default=None, help="default: speed on sphere, quality on all")
@@ -245,15 +255,23 @@ def main() -> None:
             print(f"{r['object']:8} {r['init']:7} {r['time_s']:7.1f} {r['before'][0]:11.2f} {r['after'][0]:10.2f} "
                   f"{r['before'][1]:15.2f} {r['after'][1]:14.2f}")
     if args.part == "coarse":
-        if args.run is None or not args.objects or len(args.objects) != 1:
-            parser.error("--part coarse needs --run JOB_DIR and --objects <its object>")
-        r = run_coarse(args.objects[0], args, device)
-        print(f"\ncoarse mesh of {args.run}\nstage2 {args.stage2} oracle {args.oracle}")
-        print(f"{'':7} {'PSNR':>6} {'MSE both':>9} {'MSE ours only':>13} {'MSE truth only':>14}")
-        for when in ("before", "after"):
-            m = r[when]
-            print(f"{when:7} {m['psnr']:6.2f} {m['both']:9.5f} {m['ours_only']:13.5f} {m['truth_only']:14.5f}")
-        print(f"stage 2: {r['time_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU")
+        if args.runs:
+            jobs = [tuple(item.split("=", 1)) for item in args.runs]
+        elif args.run is not None and args.objects and len(args.objects) == 1:
+            jobs = [(args.objects[0], args.run)]
+        else:
+            parser.error("--part coarse needs --runs OBJECT=JOB_DIR ... or --run JOB_DIR and --objects <its object>")
+        kind = "imperfect (oracle_noisy)" if args.noisy else "perfect"
+        print(f"\ncoarse -> final, {kind} oracle; stage2 {args.stage2} oracle {args.oracle}")
+        header = (f"{'object':8} {'coarse PSNR':>11} {'final PSNR':>10} {'gain dB':>7} {'MSE both':>17} "
+                  f"{'MSE ours only':>17} {'MSE truth only':>17} {'wall s':>6} {'cpu s':>6}")
+        print(header + "\n" + "-" * len(header))
+        for name, run in jobs:
+            r = run_coarse(name, args, device, run)
+            b, a = r["before"], r["after"]
+            print(f"{name:8} {b['psnr']:11.2f} {a['psnr']:10.2f} {a['psnr'] - b['psnr']:+7.2f} "
+                  f"{b['both']:8.5f}>{a['both']:8.5f} {b['ours_only']:8.5f}>{a['ours_only']:8.5f} "
+                  f"{b['truth_only']:8.5f}>{a['truth_only']:8.5f} {r['time_s']:6.1f} {r['cpu_s']:6.1f}", flush=True)
     if tmp is not None:
         tmp.cleanup()
 
