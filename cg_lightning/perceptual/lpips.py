@@ -33,38 +33,55 @@ def _backbone_checkpoint(net: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / _BACKBONE_FILES[net]
 
 
-@contextlib.contextmanager
-def _vgg_without_classifier(active: bool, ckpt: Path):
-    """While ``lpips`` builds its VGG16, give it the convolutional part only.
+def _alexnet_features() -> nn.Sequential:
+    """torchvision's AlexNet ``features`` (same layers, same default initialisation), without its classifier."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
 
-    lpips keeps ``vgg16().features`` and drops the rest, but torchvision builds (and randomly initialises, 2.4 s
-    on a CPU) the 120M-parameter classifier first and loads all 528 MB of the checkpoint. Here the features are
-    built alone and, when pretrained, only their tensors are read from the memory-mapped checkpoint: the same
-    weights. A random backbone (``pretrained=False``) gets torchvision's VGG initialisation of the convolutions
-    (kaiming normal, fan_out, zero bias), though not the same random draws as before this change.
+
+@contextlib.contextmanager
+def _backbone_without_classifier(net: str, active: bool, ckpt: Path):
+    """While ``lpips`` builds its VGG16 / AlexNet, give it the convolutional part only.
+
+    lpips keeps ``vgg16().features`` / ``alexnet().features`` and drops the rest, but torchvision builds (and
+    randomly initialises: 2.4 s for VGG16's 120M-parameter classifier, ~0.4 s for AlexNet's 58M on a CPU) the
+    classifier first and loads the whole checkpoint. Here the features are built alone and, when pretrained, only
+    their tensors are read from the memory-mapped checkpoint: the same weights. A random backbone
+    (``pretrained=False``) gets torchvision's initialisation of the convolutions (VGG: kaiming normal, fan_out, zero
+    bias; AlexNet: PyTorch's default), though not the same random draws as before this change.
     """
-    if not active:
+    if not active or net not in ("vgg", "alex"):
         yield
         return
     import types
 
     import lpips.pretrained_networks as networks
-    from torchvision.models.vgg import cfgs, make_layers
 
-    def vgg16(pretrained: bool = False, **_: object) -> types.SimpleNamespace:
+    def build_features() -> nn.Sequential:
+        if net == "alex":
+            return _alexnet_features()
+        from torchvision.models.vgg import cfgs, make_layers
+
         features = make_layers(cfgs["D"], batch_norm=False)
+        for m in features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        return features
+
+    def backbone(pretrained: bool = False, **_: object) -> types.SimpleNamespace:
+        features = build_features()
         if pretrained:
             state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
             features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
-        else:
-            for m in features.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    nn.init.zeros_(m.bias)
         return types.SimpleNamespace(features=features)
 
     original = networks.tv
-    networks.tv = types.SimpleNamespace(vgg16=vgg16)
+    networks.tv = types.SimpleNamespace(vgg16=backbone, alexnet=backbone)
     try:
         yield
     finally:
@@ -95,8 +112,8 @@ class LPIPS(nn.Module):
         if pretrained and not ckpt.exists() and not allow_download:
             raise MissingWeightsError(f"LPIPS-{net} backbone ({ckpt.name})", [str(ckpt.parent)], how)
         try:
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _vgg_without_classifier(
-                    net == "vgg" and (not pretrained or ckpt.exists()), ckpt):
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _backbone_without_classifier(
+                    net, not pretrained or ckpt.exists(), ckpt):
                 warnings.simplefilter("ignore", UserWarning)     # torchvision's `pretrained=` deprecation
                 self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained, verbose=False)
         except Exception as exc:  # noqa: BLE001 - URLError / HTTPError / hash mismatch while downloading

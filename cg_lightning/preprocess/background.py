@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from cg_lightning.errors import ConfigError, InputImageError, MissingWeightsError
@@ -45,6 +44,8 @@ def recenter(rgba: np.ndarray, size: int = 256, border_ratio: float = 0.2) -> np
     h2, w2 = max(1, int(h * scale)), max(1, int(w * scale))
     out = np.zeros((size, size, 4), np.uint8)
     top, left = (size - h2) // 2, (size - w2) // 2
+    import cv2  # here, not at module level: config validation imports this module (0.3-0.9 s saved)
+
     out[top: top + h2, left: left + w2] = cv2.resize(rgba[y0:y1, x0:x1], (w2, h2), interpolation=cv2.INTER_AREA)
     return out
 
@@ -228,6 +229,8 @@ class BackgroundRemover:
         if not self.recenter:
             if not (rgba[..., 3] > 0).any():
                 raise InputImageError("No object found: background removal left an empty mask")
+            import cv2
+
             return cv2.resize(rgba, (self.size, self.size), interpolation=cv2.INTER_AREA)
         return recenter(rgba, self.size, self.border_ratio)
 
@@ -246,5 +249,7 @@ class NoBackgroundRemoval:
         if not (rgba[..., 3] > 0).any():
             raise InputImageError("No object found: the alpha channel is 0 everywhere")
         if self.size is not None and rgba.shape[:2] != (self.size, self.size):
+            import cv2
+
             rgba = cv2.resize(rgba, (self.size, self.size), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(rgba)
