@@ -26,6 +26,7 @@ QUIET = dict(blur_sigma=(0.0, 0.0), gain_std=0.0, exposure_std=0.0, offset_std=0
 
 
 def make(cls=OraclePrior, **kwargs) -> OraclePrior:
+    kwargs.setdefault("refine_target", "aligned")
     p = cls(image=str(TORUS / "torus_rgba.png"), resolution=RES, rasterizer="torch", lookup_samples=60000, **kwargs)
     p.setup(torch.device("cpu"))
     p.set_reference(torch.ones(1, 3, RES, RES), elevation_deg=-15.0)
@@ -78,6 +79,11 @@ def test_on_a_larger_mesh_it_follows_the_mesh_not_the_true_silhouette(oracle):
     assert torch.equal(image[:, ~big_cov[0]], torch.ones(3, int((~big_cov).sum())))
     plain = oracle.refine(torch.zeros(1, 3, RES, RES), de, da, dr, strength=0.8)  # no geometry: the true render
     torch.testing.assert_close(plain, oracle.render_views(de, da, dr))
+
+
+def test_defaults_perfect_oracle_truth_noisy_oracle_aligned():
+    assert OraclePrior(image=str(TORUS / "torus_rgba.png")).refine_target == "truth"
+    assert NoisyOraclePrior(image=str(TORUS / "torus_rgba.png")).accepts_geometry
 
 
 def test_truth_target_ignores_geometry_and_bad_config():

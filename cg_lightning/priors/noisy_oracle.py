@@ -20,8 +20,11 @@ from a seeded generator the inconsistencies a single-image diffusion model shows
 Determinism: each call seeds its own generator from ``seed`` and one draw of torch's global generator, which the
 stages reseed from (seed, step) at every step; so a run (and a resumed run) sees the same spoiled views, and two
 seeds see different ones. ``sds`` / ``refine`` / ``novel_views`` all use the spoiled views; ``refine`` on a
-geometry (stage 2, ``refine_target: aligned``) adds the colour errors, the blur and the wrong content on top of the
-truth re-projected onto that geometry (see :meth:`NoisyOraclePrior.refine`).
+geometry (stage 2, ``refine_target: aligned``, this prior's default) adds the colour errors, the blur and the wrong
+content on top of the truth re-projected onto that geometry, without the pose error (see
+:meth:`NoisyOraclePrior.refine`): Zero123's refine at strength 0.8-0.95 keeps the layout of the render it is given.
+Measured on a torus coarse mesh (29.91 dB): stage 2 with the spoiled true renders as targets 27.66 dB, with the
+aligned refine 29.22 dB (the perfect oracle: 30.77).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class NoisyOraclePrior(OraclePrior):
                  azimuth_error_deg: float = 5.0, radius_error: float = 0.03, wrong_content_prob: float = 0.15,
                  wrong_content_modes: Sequence[str] = WRONG_CONTENT_MODES,
                  offset_range_deg: Sequence[float] = (30.0, 90.0), **kwargs) -> None:
+        kwargs.setdefault("refine_target", "aligned")  # a refine keeps the render's layout (module docstring)
         super().__init__(*args, **kwargs)
         if len(blur_sigma) != 2 or not 0 <= blur_sigma[0] <= blur_sigma[1]:
             raise ConfigError(f"prior.blur_sigma must be [min, max] with 0 <= min <= max, got {list(blur_sigma)}")

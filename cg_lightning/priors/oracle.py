@@ -10,16 +10,18 @@ rendered at ``resolution`` with ``fovy_deg`` over ``background`` (white by defau
 - ``sds``: ``loss = 0.5 * weight * sum((x - target)^2)`` where ``x`` are the images resized bilinearly to
   ``resolution`` (as Zero123's prior does) and ``target`` the true renders; its gradient ``weight * (x - target)``
   pulls every image towards the truth (summed over the batch like Zero123's SDS; ``step_ratio`` is unused).
-- ``refine``: with ``refine_target="aligned"`` (the default) and the caller's current ``geometry`` (stage 2 passes its
-  mesh), the truth *re-projected onto that geometry*: every pixel the current mesh covers takes the colour of the
-  nearest point of the true surface (among the ``lookup_neighbours`` nearest of ``lookup_samples`` surface samples,
-  the nearest one whose normal faces the same way), pixels it does not cover the background. Why: Zero123's refine
-  at strength 0.8-0.95 (DDIM start t ~ 180-50 of 1000) keeps the layout of the render it is given and corrects its
-  colours; the plain true render (``refine_target="truth"``, also the fallback when no geometry is given) is
-  misaligned with a coarse mesh that is slightly off (larger, rounder), and MSE to it paints the wrong colours near
-  every silhouette and edge: stage 2 made the mesh worse (box 24.43 -> 24.23 dB, torus 28.4 -> 23.9 dB).
-  With ``blend_strength=True`` it returns ``strength * x + (1 - strength) * target``, mirroring Zero123's refine
-  where a larger ``strength`` keeps more of the input.
+- ``refine``: with ``refine_target="truth"`` (the default) the true renders. With ``refine_target="aligned"`` and
+  the caller's current ``geometry`` (stage 2 passes its mesh), the truth *re-projected onto that geometry*: every
+  pixel the current mesh covers takes the colour of the nearest point of the true surface (among the
+  ``lookup_neighbours`` nearest of ``lookup_samples`` surface samples, the nearest one whose normal faces the same
+  way), pixels it does not cover the background; without geometry it falls back to the true renders. Why both:
+  Zero123's refine at strength 0.8-0.95 (DDIM start t ~ 180-50 of 1000) keeps the layout of the render it is
+  given, which the aligned target models; the true render is misaligned with a coarse mesh that is slightly off.
+  Measured (stage 2 from CPU-preset coarse meshes, 16 truth views): box 24.75 -> 26.13 dB (truth) / 25.90
+  (aligned), torus 29.91 -> 30.77 / 30.50: with a good coarse mesh the true render helps a little more, so the
+  perfect oracle keeps it; the imperfect oracle uses ``aligned`` (its pose errors on a refine cost 2.3 dB on the
+  torus, see ``noisy_oracle.py``). With ``blend_strength=True`` it returns ``strength * x + (1 - strength) *
+  target``, mirroring Zero123's refine where a larger ``strength`` keeps more of the input.
 - ``novel_views``: the true renders.
 """
 
@@ -84,7 +86,7 @@ class OraclePrior:
     def __init__(self, mesh_path: str | None = None, image: str | None = None, resolution: int = 256,
                  radius: float = 2.0, fovy_deg: float = 49.1, background: Sequence[float] = (1.0, 1.0, 1.0),
                  weight: float = 1.0, blend_strength: bool = False, ssaa: float = 1.0,
-                 rasterizer: str = "auto", refine_target: str = "aligned", lookup_samples: int = 400_000,
+                 rasterizer: str = "auto", refine_target: str = "truth", lookup_samples: int = 400_000,
                  lookup_neighbours: int = 4) -> None:
         if mesh_path is None and image is None:
             raise ConfigError("prior.mesh_path (or the run's image, whose folder holds model.glb) is required")
