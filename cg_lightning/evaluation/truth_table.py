@@ -28,7 +28,7 @@ ORDER = ("full", "no_qa_triplet", "no_refine", "dreamgaussian", "no_sr", "paper"
 ABLATION_VARIANTS = ("full", "no_qa_triplet", "no_refine", "dreamgaussian")
 #: variants whose stage 1 uses QA-Triplet, i.e. needs the pretrained LPIPS-VGG backbone
 QA_TRIPLET_VARIANTS = frozenset({"full", "no_refine", "paper", "no_sr"})
-NEEDS_WEIGHTS = "needs LPIPS-VGG weights (`make weights`)"
+NEEDS_WEIGHTS = "needs LPIPS-VGG weights (`make install` or `make weights`)"
 
 
 def result_metric(metrics: dict[str, float], name: str) -> float | None:
