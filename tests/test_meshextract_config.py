@@ -27,6 +27,7 @@ KEYS = {
     "cov_floor_voxels": (extract_mesh, "cov_floor_voxels"),
     "pad_grid": (extract_mesh, "pad_grid"),
     "cull_sigma": (extract_mesh, "cull_sigma"),
+    "fill_cavities": (extract_mesh, "fill_cavities"),
     "uv_padding": (unwrap_uv, "padding"),
     "seam_normals": (unwrap_uv, "seam_normals"),
     "bake_min_resolution": (bake_texture, "min_resolution"),

@@ -321,18 +321,39 @@ def density_grid(
                                      cov_floor_voxels=cov_floor_voxels, cull_sigma=cull_sigma)
 
 
+def fill_enclosed_cavities(vol: np.ndarray, iso: float) -> np.ndarray:
+    """``vol`` with every enclosed below-``iso`` region (a cavity no ray from outside the grid reaches) raised above
+    ``iso``, so marching cubes makes no surface around it.
+
+    Why: the oracle supervises only what a camera sees, so the inside of a solid is often hollow where Gaussians are
+    sparse; marching cubes then adds closed inner shells that no view shows, which only inflate the Chamfer
+    distance and the face count. Cavities touching the grid boundary count as outside (as marching cubes sees them).
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    inside = vol >= iso
+    holes = binary_fill_holes(inside) & ~inside
+    if holes.any():
+        vol = vol.copy()
+        vol[holes] = np.float32(2.0 * iso)
+    return vol
+
+
 def marching_cubes(grid: Tensor, centre: Tensor, scale: float, iso: float = 1.0,
-                   pad_grid: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   pad_grid: bool = False, fill_cavities: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Iso-surface of a [ix, iy, iz] grid over [-1,1]^3 in world coordinates: (v (V,3) float32, f (F,3) int64).
 
     Official (DG ``extract_mesh``): PyMCubes on the float32 grid as it is, so a surface touching the grid boundary
     stays open there. ``pad_grid=True`` (option) pads one empty voxel on every side, which closes it.
-    Faces are oriented outwards (towards lower density).
+    Faces are oriented outwards (towards lower density). ``fill_cavities=True`` (option, official False): enclosed
+    low-density regions are filled first (:func:`fill_enclosed_cavities`).
     """
     import mcubes
 
     res = grid.shape[0]
     vol = grid.detach().cpu().numpy()
+    if fill_cavities:
+        vol = fill_enclosed_cavities(vol, iso)
     if pad_grid:
         vol = np.pad(vol, 1, mode="constant", constant_values=0.0)
     v, f = mcubes.marching_cubes(vol, float(iso))
@@ -357,13 +378,14 @@ def extract_mesh_from_tensors(
     cov_floor_voxels: float = 0.0,
     pad_grid: bool = False,
     cull_sigma: float | None = None,
+    fill_cavities: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grid + marching cubes on plain tensors -> raw (v (V,3) float32, f (F,3) int64); cleanup is its own step."""
     grid, centre, scale = density_grid_from_tensors(
         means, covariances, opacities, resolution, num_blocks, opacity_threshold, cov_floor_voxels=cov_floor_voxels,
         cull_sigma=cull_sigma,
     )
-    return marching_cubes(grid, centre, scale, iso, pad_grid)
+    return marching_cubes(grid, centre, scale, iso, pad_grid, fill_cavities)
 
 
 def extract_mesh(
@@ -375,6 +397,7 @@ def extract_mesh(
     cov_floor_voxels: float = 0.0,
     pad_grid: bool = False,
     cull_sigma: float | None = None,
+    fill_cavities: bool = False,
 ) -> Mesh:
     """Mesh (vertex normals, no UV) of a GaussianModel's iso-surface, on the model's device.
 
@@ -382,7 +405,7 @@ def extract_mesh(
     """
     means, cov, opac = gaussian_tensors(model)
     v, f = extract_mesh_from_tensors(means, cov, opac, resolution, num_blocks, opacity_threshold, iso,
-                                     cov_floor_voxels, pad_grid, cull_sigma)
+                                     cov_floor_voxels, pad_grid, cull_sigma, fill_cavities)
     dev = means.device
     mesh = Mesh(v=torch.from_numpy(v).to(dev), f=torch.from_numpy(f).to(dev))
     return mesh.auto_normals()

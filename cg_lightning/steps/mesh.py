@@ -38,7 +38,8 @@ def extract_textured_mesh(ctx: JobContext):
     gaussians = load_gaussians(ctx)
     raw = extract_mesh(gaussians, resolution=m.resolution, num_blocks=m.num_blocks,
                        opacity_threshold=m.opacity_threshold, iso=m.iso, cov_floor_voxels=m.cov_floor_voxels,
-                       pad_grid=m.pad_grid, cull_sigma=m.cull_sigma)
+                       pad_grid=m.pad_grid, cull_sigma=m.cull_sigma,
+                       fill_cavities=m.fill_cavities)
     v, f = clean_mesh(raw.v.cpu().numpy(), raw.f.cpu().numpy(), remesh=m.remesh, remesh_size=m.remesh_size,
                       max_faces=m.max_faces)
     mesh = unwrap_uv(Mesh(v=torch.as_tensor(v, dtype=torch.float32), f=torch.as_tensor(f, dtype=torch.long)),
