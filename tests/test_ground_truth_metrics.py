@@ -195,7 +195,7 @@ def test_oracle_presets_compose_with_every_ablation(compose):
     for exp in ("full", "no_qa_triplet", "no_refine", "dreamgaussian", "oracle"):
         extra = [] if exp == "oracle" else ["+debug=oracle_noisy"]
         cfg = compose([f"+experiment={exp}", *extra, image])
-        assert cfg.stage1.steps == 200 and cfg.stage1.ref_size == 128 and cfg.device == "cpu"
+        assert cfg.stage1.steps == 150 and cfg.stage1.ref_size == 128 and cfg.device == "cpu"
         assert cfg.superres._target_.endswith("NoUpscale") and cfg.evaluation.perceptual == "if_available"
         assert cfg.prior._target_.endswith("NoisyOraclePrior" if extra else "oracle.OraclePrior")
         assert ("qa_triplet" in cfg.loss) == (exp in ("full", "no_refine"))  # what distinguishes them stays

@@ -31,7 +31,9 @@ BOX = ROOT / "experiments" / "data" / "box" / "box_rgba.png"
 #: the cheapest real stage 1: 300 Gaussians, 32 px, reference losses + SDS of the tiny prior, a checkpoint per step
 TINY_STAGE1 = ["+experiment=smoke", f"image={BOX}", "stages=[stage1]", "stage1.num_points=300", "stage1.ref_size=32",
                "stage1.views.resolution.values=[32,32]", "stage1.views.batch_size=1", "loss=dreamgaussian",
-               "trainer.enable_progress_bar=false", "callbacks.checkpoint_every_n_steps=1"]
+               "trainer.enable_progress_bar=false", "callbacks.checkpoint_every_n_steps=1",
+               # densify every 4 steps (the smoke preset's 3 prunes every Gaussian of this 300-point, 32 px toy)
+               "stage1.density.densify_from=4", "stage1.density.interval=4"]
 TEMP_NAME = __import__("re").compile(r"\..+\.[a-z0-9_]{8}(\.[^.]*)?")
 
 

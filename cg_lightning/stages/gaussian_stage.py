@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from cg_lightning.data.reference import ReferenceImage
 from cg_lightning.data.views import ViewBatch, ViewSampler, check_max_steps, view_dataloader
-from cg_lightning.errors import ConfigError, NonFiniteError
+from cg_lightning.errors import CGError, ConfigError, NonFiniteError
 from cg_lightning.gaussians.model import GaussianModel
 from cg_lightning.gaussians.optim import LogLinearSchedule, build_optimizer, get_group, set_lr
 from cg_lightning.losses.base import LossContext, LossOutput, LossTerm, as_loss_terms
@@ -351,5 +351,9 @@ class GaussianStage(L.LightningModule):
         from cg_lightning.gaussians.ply import save_ply
 
         self.finalize()
+        if self.gaussians.num_points == 0:
+            raise CGError("stage1: no Gaussian is left after the final prune (every opacity < "
+                          f"{self.final_prune_min_opacity} or scale > {self.final_prune_max_scale}): nothing to export; "
+                          "train longer, or check the input's alpha and the density settings (stage1.density.*)")
         save_ply(path, self.gaussians)
         return Path(path)
